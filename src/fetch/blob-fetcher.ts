@@ -1,0 +1,118 @@
+import type { Logger } from 'pino';
+import { DigestMismatchError } from '../oci/digest.js';
+import type { BlobStore, StoredBlob } from '../store/blob-store.js';
+import type { BlobWriter } from '../store/blob-writer.js';
+import { BlobNotFoundError, BlobUnavailableError } from './errors.js';
+import { SingleFlight } from './single-flight.js';
+import type { BlobRequest, BlobSource } from './source.js';
+
+export interface FetchObserver {
+  /** Bytes that reached the store from a source (counted as written, before verification). */
+  bytes?(source: string, count: number): void;
+  failure?(source: string, error: unknown): void;
+}
+
+/**
+ * The download orchestrator: makes a blob present in the store. Local store first, then
+ * each source in order; a source that fails mid-stream is followed by the next one from
+ * the byte reached. Nothing is committed unless the whole stream hashes to the digest.
+ * Concurrent requests for one digest share one download.
+ */
+export class BlobFetcher {
+  private readonly flights = new SingleFlight<string, StoredBlob>();
+  /** Downloads outlive the requests that started them; only shutdown stops them. */
+  private readonly lifetime = new AbortController();
+
+  constructor(
+    private readonly store: BlobStore,
+    private readonly sources: readonly BlobSource[],
+    private readonly logger: Logger,
+    private readonly observer: FetchObserver = {},
+  ) {}
+
+  /** Stops every download in flight (at shutdown). */
+  close(): void {
+    this.lifetime.abort(new Error('agent is shutting down'));
+  }
+
+  /** Digests being downloaded now. */
+  get active(): number {
+    return this.flights.size;
+  }
+
+  async ensure(request: BlobRequest): Promise<StoredBlob> {
+    const stored = await this.store.get(request.digest);
+    if (stored) return stored;
+    return this.flights.run(request.digest.value, async () => {
+      // Another flight may have committed it between our check and now.
+      return (await this.store.get(request.digest)) ?? this.download(request);
+    });
+  }
+
+  private async download(request: BlobRequest): Promise<StoredBlob> {
+    const failures: { source: string; error: string }[] = [];
+    const excluded = new Set<BlobSource>();
+    let lastError: unknown;
+    // Each round starts a fresh file; a round ends in a commit or a digest mismatch, after
+    // which the sources that contributed bytes are left out of the next round.
+    for (;;) {
+      const candidates = this.sources.filter((s) => !excluded.has(s));
+      if (candidates.length === 0) break;
+      const writer = await this.store.beginWrite(request.digest);
+      const contributors = new Set<BlobSource>();
+      let size: number | undefined;
+      try {
+        for (const source of candidates) {
+          try {
+            const opened = await source.open(request, writer.bytesWritten, this.lifetime.signal);
+            if (!opened) continue;
+            if (size === undefined) size = opened.size;
+            else if (opened.size !== size) {
+              throw new Error(`declares size ${opened.size}, another source declared ${size}`);
+            }
+            contributors.add(source);
+            await this.copy(opened.body, writer, size, source.name);
+            if (writer.bytesWritten === size) break;
+            throw new Error(`stream ended at byte ${writer.bytesWritten} of ${size}`);
+          } catch (err) {
+            lastError = err;
+            failures.push({ source: source.name, error: String((err as Error).message ?? err) });
+            this.observer.failure?.(source.name, err);
+            this.logger.warn({ digest: request.digest.value, source: source.name, err }, 'blob source failed');
+          }
+        }
+        if (size === undefined || writer.bytesWritten !== size) {
+          await writer.abort();
+          break;
+        }
+        const names = [...contributors].map((s) => s.name).join('+');
+        await writer.commit(this.store.pathOf(request.digest), names);
+        const stored = await this.store.get(request.digest);
+        if (!stored) throw new Error(`blob ${request.digest.value} vanished after commit`);
+        return stored;
+      } catch (err) {
+        await writer.abort();
+        if (!(err instanceof DigestMismatchError)) throw err;
+        this.logger.error({ digest: request.digest.value, sources: err.source, err }, 'digest mismatch: bytes discarded');
+        failures.push({ source: err.source, error: err.message });
+        lastError = err;
+        for (const source of contributors) {
+          source.penalise?.(request, err.message);
+          excluded.add(source);
+        }
+      }
+    }
+    if (failures.length === 0) throw new BlobNotFoundError(request.digest.value);
+    throw new BlobUnavailableError(request.digest.value, failures, { cause: lastError });
+  }
+
+  private async copy(body: AsyncIterable<Uint8Array>, writer: BlobWriter, size: number, source: string): Promise<void> {
+    for await (const chunk of body) {
+      if (writer.bytesWritten + chunk.length > size) {
+        throw new Error(`sent more than the ${size} bytes it declared`);
+      }
+      await writer.write(chunk);
+      this.observer.bytes?.(source, chunk.length);
+    }
+  }
+}

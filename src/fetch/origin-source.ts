@@ -1,0 +1,23 @@
+import { OriginError } from '../origin/errors.js';
+import type { Upstreams } from '../origin/upstreams.js';
+import type { BlobRequest, BlobSource, SourceBody } from './source.js';
+
+/** The origin registry as a blob source: the last resort, and the authority. */
+export class OriginSource implements BlobSource {
+  readonly name = 'origin';
+
+  constructor(private readonly upstreams: Upstreams) {}
+
+  async open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined> {
+    try {
+      const blob = await this.upstreams
+        .client(request.registry)
+        .getBlob(request.repository, request.digest.value, { offset, signal });
+      return { size: blob.size, body: blob.body };
+    } catch (err) {
+      // "Not found" is an answer, not a failure; anything else (401, outage) is passed on.
+      if (err instanceof OriginError && err.kind === 'not-found') return undefined;
+      throw err;
+    }
+  }
+}

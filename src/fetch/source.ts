@@ -1,0 +1,30 @@
+import type { Readable } from 'node:stream';
+import type { Digest } from '../oci/digest.js';
+
+/** What a download is for: the digest, and the repository through which the client reached it. */
+export interface BlobRequest {
+  digest: Digest;
+  /** Registry host as clients name it (`docker.io`). */
+  registry: string;
+  /** Repository at that registry (`library/nginx`). */
+  repository: string;
+}
+
+export interface SourceBody {
+  /** The whole blob's size, as the source declares it. */
+  size: number;
+  /** Bytes from the requested offset to the end. */
+  body: Readable;
+}
+
+/**
+ * One place a blob's bytes can come from (a peer, the origin). Sources only move bytes;
+ * the orchestrator verifies them. `open` answers undefined when the source does not have
+ * the blob, and throws when it failed trying.
+ */
+export interface BlobSource {
+  readonly name: string;
+  open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined>;
+  /** Told when bytes from this source failed verification. */
+  penalise?(request: BlobRequest, reason: string): void;
+}
