@@ -66,12 +66,15 @@ export class BlobFetcher {
           try {
             const opened = await source.open(request, writer.bytesWritten, this.lifetime.signal);
             if (!opened) continue;
-            if (size === undefined) size = opened.size;
-            else if (opened.size !== size) {
-              throw new Error(`declares size ${opened.size}, another source declared ${size}`);
+            // A negative size is "not declared" (a chunked answer): the stream's end decides.
+            const declared = opened.size >= 0 ? opened.size : undefined;
+            if (size === undefined) size = declared;
+            else if (declared !== undefined && declared !== size) {
+              throw new Error(`declares size ${declared}, another source declared ${size}`);
             }
             contributors.add(source);
             await this.copy(opened.body, writer, size, source.name);
+            size ??= writer.bytesWritten;
             if (writer.bytesWritten === size) break;
             throw new Error(`stream ended at byte ${writer.bytesWritten} of ${size}`);
           } catch (err) {
@@ -106,9 +109,14 @@ export class BlobFetcher {
     throw new BlobUnavailableError(request.digest.value, failures, { cause: lastError });
   }
 
-  private async copy(body: AsyncIterable<Uint8Array>, writer: BlobWriter, size: number, source: string): Promise<void> {
+  private async copy(
+    body: AsyncIterable<Uint8Array>,
+    writer: BlobWriter,
+    size: number | undefined,
+    source: string,
+  ): Promise<void> {
     for await (const chunk of body) {
-      if (writer.bytesWritten + chunk.length > size) {
+      if (size !== undefined && writer.bytesWritten + chunk.length > size) {
         throw new Error(`sent more than the ${size} bytes it declared`);
       }
       await writer.write(chunk);

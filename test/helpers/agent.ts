@@ -1,0 +1,62 @@
+import { pino } from 'pino';
+import { Agent } from '../../src/agent.js';
+import { parseConfig } from '../../src/config/load.js';
+import { makeTempDir, removeTempDir } from './tmp.js';
+
+export interface TestAgentOptions {
+  /** registry host (as clients name it) → config entry (url, credentials…) */
+  registries: Record<string, Record<string, unknown>>;
+  default?: string;
+  /** storage dir to reuse (restart tests); a fresh temp dir otherwise */
+  dir?: string;
+  maxSize?: string;
+  upstreams?: Record<string, unknown>;
+  p2p?: Record<string, unknown>;
+  logLevel?: string;
+}
+
+export interface TestAgent {
+  agent: Agent;
+  url: string;
+  /** host:port, as used in image references through the agent */
+  host: string;
+  dir: string;
+  stop(): Promise<void>;
+  /** stop and remove the storage dir */
+  close(): Promise<void>;
+}
+
+/** Starts a real agent in this process on a free loopback port, its config checked like the CLI's. */
+export async function startAgent(opts: TestAgentOptions): Promise<TestAgent> {
+  const dir = opts.dir ?? (await makeTempDir('shoal-agent-'));
+  const config = parseConfig({
+    registry: { listen: '127.0.0.1:0' },
+    storage: { dir, maxSize: opts.maxSize ?? '10GiB' },
+    upstreams: {
+      default: opts.default ?? Object.keys(opts.registries)[0],
+      retries: 1,
+      ...opts.upstreams,
+      registries: opts.registries,
+    },
+    ...(opts.p2p && { p2p: opts.p2p }),
+  });
+  const logger = pino({ level: opts.logLevel ?? process.env.SHOAL_TEST_LOG ?? 'silent' });
+  const agent = await Agent.start(config, { logger });
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await agent.stop();
+  };
+  return {
+    agent,
+    url: agent.url,
+    host: agent.url.replace(/^http:\/\//, ''),
+    dir,
+    stop,
+    close: async () => {
+      await stop();
+      if (!opts.dir) await removeTempDir(dir);
+    },
+  };
+}
