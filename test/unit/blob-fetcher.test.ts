@@ -90,7 +90,7 @@ describe('BlobFetcher', () => {
 
   it('discards wrong bytes, penalises their source, and completes from another source', async () => {
     const wrong = Buffer.from(blob);
-    wrong[1000] ^= 0xff;
+    wrong.writeUInt8(wrong.readUInt8(1000) ^ 0xff, 1000);
     const liar = new ScriptedSource('liar', { bytes: wrong });
     const origin = new ScriptedSource('origin', {});
     const stored = await new BlobFetcher(store, [liar, origin], logger).ensure(request);
@@ -101,7 +101,7 @@ describe('BlobFetcher', () => {
 
   it('stores nothing when the only source lies', async () => {
     const wrong = Buffer.from(blob);
-    wrong[5] ^= 1;
+    wrong.writeUInt8(wrong.readUInt8(5) ^ 1, 5);
     const origin = new ScriptedSource('origin', { bytes: wrong });
     const error = await new BlobFetcher(store, [origin], logger).ensure(request).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(BlobUnavailableError);
