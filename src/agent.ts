@@ -1,25 +1,44 @@
 import type { FastifyInstance } from 'fastify';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { listenAddress } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { BlobFetcher } from './fetch/blob-fetcher.js';
+import { Grants } from './fetch/grants.js';
 import { ManifestService } from './fetch/manifests.js';
 import { OriginSource } from './fetch/origin-source.js';
+import { PeerPlanner } from './fetch/peer-planner.js';
+import { fixedPlan, type SourcePlanner } from './fetch/source.js';
 import { buildServer } from './http/server.js';
 import { createLogger } from './log.js';
+import { Metrics } from './metrics.js';
+import { OriginError } from './origin/errors.js';
 import { Upstreams } from './origin/upstreams.js';
+import type { LocalBlobs } from './p2p/blob-protocol.js';
+import { P2PNode } from './p2p/node.js';
+import { PeerBook } from './p2p/peer-book.js';
+import { tryParseDigest } from './oci/digest.js';
 import { BlobStore } from './store/blob-store.js';
+import { throttle, TokenBucket } from './throttle.js';
 
 export interface AgentOptions {
   logger?: Logger;
+  /** Serve the raw-stream bench protocol to peers (benchmarks only). */
+  benchProtocol?: boolean;
 }
 
-/** Wires the parts together: store ← fetch ← http, with the origin as a blob source. */
+/**
+ * Wires the parts together. Data flows one way: http → fetch (planner: peers, then origin) →
+ * store; p2p announces what the store holds and serves it to peers.
+ */
 export class Agent {
   private constructor(
     readonly config: Config,
     readonly logger: Logger,
     readonly store: BlobStore,
+    readonly metrics: Metrics,
+    readonly p2p: P2PNode | undefined,
+    readonly peerBook: PeerBook | undefined,
     private readonly upstreams: Upstreams,
     private readonly blobs: BlobFetcher,
     private readonly server: FastifyInstance,
@@ -29,44 +48,161 @@ export class Agent {
 
   static async start(config: Config, opts: AgentOptions = {}): Promise<Agent> {
     const logger = opts.logger ?? createLogger(config.log.level);
-    const store = await BlobStore.open({ dir: config.storage.dir, maxSize: config.storage.maxSize });
+    const metrics = new Metrics();
+    let p2p: P2PNode | undefined;
+    const store = await BlobStore.open({
+      dir: config.storage.dir,
+      maxSize: config.storage.maxSize,
+      onEvict: (digest) => void p2p?.unprovide(digest),
+    });
     const upstreams = new Upstreams(config.upstreams, logger.child({ part: 'origin' }));
-    const blobs = new BlobFetcher(store, [new OriginSource(upstreams)], logger.child({ part: 'fetch' }));
-    const manifests = new ManifestService({
-      store,
-      origin: (registry) => upstreams.client(registry),
-      staleIfErrorMs: config.upstreams.staleIfError,
-      logger: logger.child({ part: 'manifests' }),
-    });
-    const server = buildServer({
-      logger,
-      upstreams,
-      manifests,
-      blobs,
-      store,
-      headBlob: (registry, repository, digest) => upstreams.client(registry).headBlob(repository, digest),
-      ready: () => true,
-    });
-    const { host, port } = listenAddress(config.registry.listen);
-    try {
-      await server.listen({ host, port });
-    } catch (err) {
+    const grants = new Grants(store.metadata);
+    const cleanup = async () => {
+      await p2p?.stop();
       await upstreams.close();
       await store.close();
+    };
+    try {
+      const origin = new OriginSource(upstreams);
+      let planner: SourcePlanner = fixedPlan([origin]);
+      let peerBook: PeerBook | undefined;
+      if (config.p2p.enabled) {
+        p2p = await P2PNode.start({
+          listen: config.p2p.listen,
+          bootstrap: config.p2p.bootstrap,
+          bootstrapIntervalMs: config.p2p.bootstrapInterval,
+          mdns: config.p2p.mdns,
+          ...(config.p2p.pskFile !== undefined && { pskFile: config.p2p.pskFile }),
+          zone: config.p2p.zone,
+          keyFile: join(config.storage.dir, 'p2p', 'key'),
+          maxUploads: config.p2p.maxUploadStreams,
+          benchProtocol: opts.benchProtocol ?? false,
+          logger,
+          blobs: localBlobs(
+            store,
+            metrics,
+            config.p2p.maxUploadRate === undefined ? undefined : new TokenBucket(config.p2p.maxUploadRate),
+          ),
+        });
+        const node = p2p;
+        metrics.peerCount = () => node.peers().length;
+        const book = new PeerBook(config.p2p.zone, config.p2p.penaltyDuration);
+        peerBook = book;
+        const p2pLog = logger.child({ part: 'peers' });
+        planner = new PeerPlanner({
+          swarm: node,
+          book,
+          grants,
+          origin,
+          originAllows: async ({ registry, repository, digest }) => {
+            try {
+              await upstreams.client(registry).headBlob(repository, digest.value);
+              return true;
+            } catch (err) {
+              if (err instanceof OriginError && err.kind !== 'unavailable') return false;
+              throw err;
+            }
+          },
+          lookupTimeoutMs: config.p2p.providerLookupTimeout,
+          logger: p2pLog,
+          events: {
+            failed: (peer, reason) => {
+              book.failed(peer);
+              metrics.peerFailures.inc({ reason });
+            },
+            penalised: (peer, reason) => {
+              book.penalise(peer);
+              metrics.peerFailures.inc({ reason: 'verification' });
+              p2pLog.warn({ peer, reason }, 'peer sent bytes that failed verification: penalised');
+            },
+            transferred: (seconds) => metrics.peerTransfer.observe(seconds),
+            lookup: (seconds, found) => metrics.providerLookup.observe({ result: found > 0 ? 'found' : 'none' }, seconds),
+          },
+        });
+        void provideAll(store, node, logger);
+      }
+      const blobs = new BlobFetcher(store, planner, logger.child({ part: 'fetch' }), {
+        bytes: (source, count) => metrics.blobBytes.inc({ source: source.kind }, count),
+        committed: (digest) => void p2p?.provide(digest),
+      });
+      const manifests = new ManifestService({
+        store,
+        grants,
+        origin: (registry) => upstreams.client(registry),
+        staleIfErrorMs: config.upstreams.staleIfError,
+        logger: logger.child({ part: 'manifests' }),
+      });
+      const server = buildServer({
+        logger,
+        upstreams,
+        manifests,
+        blobs,
+        store,
+        metrics,
+        headBlob: async (registry, repository, digest) => {
+          const head = await upstreams.client(registry).headBlob(repository, digest);
+          await grants.grant(registry, repository, [digest]);
+          return head;
+        },
+        ready: () => true,
+      });
+      const { host, port } = listenAddress(config.registry.listen);
+      await server.listen({ host, port });
+      const address = server.server.address();
+      const bound = typeof address === 'object' && address ? address.port : port;
+      const url = `http://${host.includes(':') ? `[${host}]` : host}:${bound}`;
+      logger.info(
+        { url, storage: config.storage.dir, registries: upstreams.hosts(), peerId: p2p?.peerId, p2p: p2p?.multiaddrs() },
+        'shoal agent listening',
+      );
+      return new Agent(config, logger, store, metrics, p2p, peerBook, upstreams, blobs, server, url);
+    } catch (err) {
+      await cleanup();
       throw err;
     }
-    const address = server.server.address();
-    const bound = typeof address === 'object' && address ? address.port : port;
-    const urlHost = host.includes(':') ? `[${host}]` : host;
-    const url = `http://${urlHost}:${bound}`;
-    logger.info({ url, storage: config.storage.dir, registries: upstreams.hosts() }, 'shoal agent listening');
-    return new Agent(config, logger, store, upstreams, blobs, server, url);
   }
 
   async stop(): Promise<void> {
     await this.server.close();
     this.blobs.close();
+    await this.p2p?.stop();
     await this.upstreams.close();
     await this.store.close();
+  }
+}
+
+/** The store as peers see it: only committed (verified) blobs exist there. */
+function localBlobs(store: BlobStore, metrics: Metrics, uploadLimit: TokenBucket | undefined): LocalBlobs {
+  return {
+    async open(digest, offset, length) {
+      const parsed = tryParseDigest(digest);
+      if (!parsed) return undefined;
+      const blob = await store.get(parsed);
+      if (!blob || offset > blob.size) return undefined;
+      const end = length === undefined ? blob.size - 1 : Math.min(blob.size, offset + length) - 1;
+      const body = await store.createReadStream(parsed, { start: offset, end: Math.max(end, offset - 1) });
+      if (!body) return undefined;
+      const bytes = end - offset + 1;
+      body.once('end', () => metrics.peerUploads.inc(bytes));
+      if (!uploadLimit) return { size: blob.size, body };
+      const limited = throttle(uploadLimit);
+      body.on('error', (err) => limited.destroy(err));
+      limited.on('close', () => body.destroy());
+      return { size: blob.size, body: body.pipe(limited) };
+    },
+  };
+}
+
+/** Every blob held is announced at start-up, so a restarted agent seeds at once. */
+async function provideAll(store: BlobStore, node: P2PNode, logger: Logger): Promise<void> {
+  let count = 0;
+  try {
+    for await (const digest of store.digests()) {
+      await node.provide(digest);
+      count++;
+    }
+    logger.info({ count }, 'providing cached blobs');
+  } catch (err) {
+    logger.warn({ err }, 'could not provide cached blobs');
   }
 }

@@ -72,6 +72,7 @@ function resolvePaths(config: Config, baseDir: string): void {
     if (registry.passwordFile !== undefined) registry.passwordFile = resolve(baseDir, registry.passwordFile);
     if (registry.dockerConfig !== undefined) registry.dockerConfig = resolve(baseDir, registry.dockerConfig);
   }
+  if (config.p2p.pskFile !== undefined) config.p2p.pskFile = resolve(baseDir, config.p2p.pskFile);
 }
 
 /** Reads a JSON config file; relative paths inside it are taken relative to the file's directory. */

@@ -1,6 +1,8 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { DOCKER_HUB, DOCKER_HUB_API } from '../oci/reference.js';
+import { multiaddr } from '@multiformats/multiaddr';
+import { parseBootstrapEntry } from '../p2p/bootstrap.js';
 import { parseDuration, parseSize } from './units.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -30,8 +32,29 @@ export interface UpstreamsConfig {
   registries: Record<string, RegistryConfig>;
 }
 
-/** Reserved: the p2p section accepts no keys yet. */
-export type P2PConfig = Record<string, never>;
+/** The peer-to-peer side: where the libp2p node listens, whom it joins, and its limits. */
+export interface P2PConfig {
+  /** Off: the agent is a plain pull-through mirror. */
+  enabled: boolean;
+  /** Multiaddrs to listen on. */
+  listen: string[];
+  /** Multiaddrs (with or without /p2p/<id>), or DNS names resolving to many addresses. */
+  bootstrap: string[];
+  /** ms between re-resolutions of bootstrap DNS names. */
+  bootstrapInterval: number;
+  mdns: boolean;
+  /** Swarm key file; only agents holding the same key join the swarm. */
+  pskFile?: string;
+  zone: string;
+  /** Concurrent blob uploads served to peers. */
+  maxUploadStreams: number;
+  /** Bytes a second served to peers, all uploads together; unset = no limit. */
+  maxUploadRate?: number;
+  /** ms a local miss may spend looking up providers before the origin is asked. */
+  providerLookupTimeout: number;
+  /** ms a peer whose bytes failed verification is left out. */
+  penaltyDuration: number;
+}
 
 export interface Config {
   registry: { listen: string };
@@ -42,6 +65,7 @@ export interface Config {
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:30020';
+export const DEFAULT_P2P_LISTEN = '/ip4/0.0.0.0/tcp/30021';
 export const DEFAULT_STORAGE_DIR = '/var/lib/shoal';
 
 // ---------------------------------------------------------------------------------------------
@@ -265,6 +289,55 @@ const upstreamsSchema = z
     }
   });
 
+const multiaddrSchema = z.string().refine((v) => {
+  try {
+    const parts = multiaddr(v).getComponents();
+    return parts.length >= 2 && ['ip4', 'ip6', 'dns4', 'dns6', 'dns'].includes(parts[0]!.name) && parts[1]!.name === 'tcp';
+  } catch {
+    return false;
+  }
+}, 'must be a TCP multiaddr like "/ip4/0.0.0.0/tcp/30021"');
+
+const bootstrapSchema = z.string().superRefine((v, ctx) => {
+  try {
+    parseBootstrapEntry(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `must be a multiaddr or host[:port] (${(err as Error).message})` });
+  }
+});
+
+const p2pSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    listen: z.array(multiaddrSchema).default([DEFAULT_P2P_LISTEN]),
+    bootstrap: z.array(bootstrapSchema).default([]),
+    bootstrapInterval: durationSchema('30s', { positive: true }).default('30s'),
+    mdns: z.boolean().default(false),
+    pskFile: nonEmpty.optional(),
+    zone: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,63}$/, 'must be 1-63 letters, digits, ".", "_" or "-"')
+      .default('default'),
+    maxUploadStreams: z
+      .number()
+      .int('must be an integer from 1 to 1024')
+      .min(1, 'must be an integer from 1 to 1024')
+      .max(1024, 'must be an integer from 1 to 1024')
+      .default(16),
+    maxUploadRate: sizeSchema('100MiB').optional(),
+    providerLookupTimeout: durationSchema('1s', { positive: true }).default('1s'),
+    penaltyDuration: durationSchema('10m', { positive: true }).default('10m'),
+  })
+  .strict()
+  .transform((p): P2PConfig => {
+    const { pskFile, maxUploadRate, ...rest } = p;
+    return {
+      ...rest,
+      ...(pskFile !== undefined && { pskFile }),
+      ...(maxUploadRate !== undefined && { maxUploadRate }),
+    };
+  });
+
 export const configSchema = z
   .object({
     registry: z.object({ listen: listenSchema.default(DEFAULT_LISTEN) }).strict().default({}),
@@ -284,8 +357,7 @@ export const configSchema = z
       })
       .strict()
       .default({}),
-    // Reserved for the p2p issue: only {} (or nothing) is accepted for now.
-    p2p: z.object({}).strict().default({}),
+    p2p: p2pSchema.default({}),
   })
   .strict() satisfies z.ZodType<Config, z.ZodTypeDef, unknown>;
 

@@ -4,12 +4,14 @@ import type { BlobStore, StoredBlob } from '../store/blob-store.js';
 import type { BlobWriter } from '../store/blob-writer.js';
 import { BlobNotFoundError, BlobUnavailableError } from './errors.js';
 import { SingleFlight } from './single-flight.js';
-import type { BlobRequest, BlobSource } from './source.js';
+import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
 
 export interface FetchObserver {
   /** Bytes that reached the store from a source (counted as written, before verification). */
-  bytes?(source: string, count: number): void;
-  failure?(source: string, error: unknown): void;
+  bytes?(source: BlobSource, count: number): void;
+  failure?(source: BlobSource, error: unknown): void;
+  /** A blob was verified and committed to the store. */
+  committed?(digest: string, size: number): void;
 }
 
 /**
@@ -25,7 +27,7 @@ export class BlobFetcher {
 
   constructor(
     private readonly store: BlobStore,
-    private readonly sources: readonly BlobSource[],
+    private readonly planner: SourcePlanner,
     private readonly logger: Logger,
     private readonly observer: FetchObserver = {},
   ) {}
@@ -52,11 +54,12 @@ export class BlobFetcher {
   private async download(request: BlobRequest): Promise<StoredBlob> {
     const failures: { source: string; error: string }[] = [];
     const excluded = new Set<BlobSource>();
+    const sources = await this.planner.plan(request);
     let lastError: unknown;
     // Each round starts a fresh file; a round ends in a commit or a digest mismatch, after
     // which the sources that contributed bytes are left out of the next round.
     for (;;) {
-      const candidates = this.sources.filter((s) => !excluded.has(s));
+      const candidates = sources.filter((s) => !excluded.has(s));
       if (candidates.length === 0) break;
       const writer = await this.store.beginWrite(request.digest);
       const contributors = new Set<BlobSource>();
@@ -73,14 +76,14 @@ export class BlobFetcher {
               throw new Error(`declares size ${declared}, another source declared ${size}`);
             }
             contributors.add(source);
-            await this.copy(opened.body, writer, size, source.name);
+            await this.copy(opened.body, writer, size, source);
             size ??= writer.bytesWritten;
             if (writer.bytesWritten === size) break;
             throw new Error(`stream ended at byte ${writer.bytesWritten} of ${size}`);
           } catch (err) {
             lastError = err;
             failures.push({ source: source.name, error: String((err as Error).message ?? err) });
-            this.observer.failure?.(source.name, err);
+            this.observer.failure?.(source, err);
             this.logger.warn({ digest: request.digest.value, source: source.name, err }, 'blob source failed');
           }
         }
@@ -92,6 +95,7 @@ export class BlobFetcher {
         await writer.commit(this.store.pathOf(request.digest), names);
         const stored = await this.store.get(request.digest);
         if (!stored) throw new Error(`blob ${request.digest.value} vanished after commit`);
+        this.observer.committed?.(stored.digest, stored.size);
         return stored;
       } catch (err) {
         await writer.abort();
@@ -113,7 +117,7 @@ export class BlobFetcher {
     body: AsyncIterable<Uint8Array>,
     writer: BlobWriter,
     size: number | undefined,
-    source: string,
+    source: BlobSource,
   ): Promise<void> {
     for await (const chunk of body) {
       if (size !== undefined && writer.bytesWritten + chunk.length > size) {

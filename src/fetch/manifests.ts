@@ -5,6 +5,8 @@ import { OriginError } from '../origin/errors.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { SingleFlight } from './single-flight.js';
 import { readFile } from 'node:fs/promises';
+import type { Grants } from './grants.js';
+import { referencedDigests } from '../oci/manifest.js';
 
 /** The part of an origin client that manifests need. */
 export interface ManifestOrigin {
@@ -26,10 +28,14 @@ export interface ResolvedManifest {
   bytes: Buffer;
   /** True when the origin could not be reached and a cached tag answered. */
   stale: boolean;
+  /** True when these bytes came from the origin just now. */
+  fromOrigin: boolean;
 }
 
 export interface ManifestServiceOptions {
   store: BlobStore;
+  /** Records what the origin let this agent reach, for taking those digests from peers. */
+  grants?: Grants;
   origin: (registry: string) => ManifestOrigin;
   staleIfErrorMs: number;
   logger: Logger;
@@ -53,8 +59,22 @@ export class ManifestService {
 
   async resolve(request: ManifestRequest): Promise<ResolvedManifest> {
     const digest = tryParseDigest(request.reference);
-    if (digest) return this.byDigest(request, digest);
-    return this.byTag(request);
+    const manifest = digest ? await this.byDigest(request, digest) : await this.byTag(request);
+    await this.grantReferences(request, manifest, digest === undefined);
+    return manifest;
+  }
+
+  /**
+   * A manifest the origin led this agent to (by a tag it resolved, by serving it, or through a
+   * granted index) grants the digests it references, for this repository.
+   */
+  private async grantReferences(request: ManifestRequest, manifest: ResolvedManifest, viaTag: boolean): Promise<void> {
+    const grants = this.opts.grants;
+    if (!grants) return;
+    const reached =
+      viaTag || manifest.fromOrigin || (await grants.has(request.registry, request.repository, manifest.digest));
+    if (!reached) return;
+    await grants.grant(request.registry, request.repository, [manifest.digest, ...referencedDigests(manifest.bytes)]);
   }
 
   private async byTag(request: ManifestRequest): Promise<ResolvedManifest> {
@@ -120,7 +140,7 @@ export class ManifestService {
     const bytes = await readFile(stored.path);
     void this.opts.store.touch(digest).catch(() => undefined);
     const mediaType = stored.mediaType ?? usableMediaType(mediaTypeHint) ?? mediaTypeOf(bytes) ?? FALLBACK_MEDIA_TYPE;
-    return { digest: digest.value, mediaType, size: bytes.length, bytes, stale: false };
+    return { digest: digest.value, mediaType, size: bytes.length, bytes, stale: false, fromOrigin: false };
   }
 
   private async keep(digest: Digest, bytes: Buffer, originMediaType?: string): Promise<ResolvedManifest> {
@@ -136,7 +156,7 @@ export class ManifestService {
         throw err;
       }
     }
-    return { digest: digest.value, mediaType, size: bytes.length, bytes, stale: false };
+    return { digest: digest.value, mediaType, size: bytes.length, bytes, stale: false, fromOrigin: true };
   }
 }
 

@@ -5,6 +5,7 @@ import type { BlobRequest, BlobSource, SourceBody } from './source.js';
 /** The origin registry as a blob source: the last resort, and the authority. */
 export class OriginSource implements BlobSource {
   readonly name = 'origin';
+  readonly kind = 'origin' as const;
 
   constructor(private readonly upstreams: Upstreams) {}
 

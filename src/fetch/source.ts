@@ -23,8 +23,21 @@ export interface SourceBody {
  * the blob, and throws when it failed trying.
  */
 export interface BlobSource {
+  /** For logs: `origin`, `peer:<id>`. */
   readonly name: string;
+  /** For metrics: where bytes came from. */
+  readonly kind: 'peer' | 'origin';
   open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined>;
   /** Told when bytes from this source failed verification. */
   penalise?(request: BlobRequest, reason: string): void;
+}
+
+/** Decides, per download, which sources to try and in what order (peers first, then the origin). */
+export interface SourcePlanner {
+  plan(request: BlobRequest): Promise<BlobSource[]>;
+}
+
+/** The same sources for every download. */
+export function fixedPlan(sources: readonly BlobSource[]): SourcePlanner {
+  return { plan: async () => [...sources] };
 }

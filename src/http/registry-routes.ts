@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Metrics } from '../metrics.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobFetcher } from '../fetch/blob-fetcher.js';
 import type { ManifestService } from '../fetch/manifests.js';
@@ -8,6 +9,7 @@ import { parseRange } from './range.js';
 import { parseRegistryPath, type RegistryTarget, type UpstreamNames } from './registry-path.js';
 
 export interface RegistryDeps {
+  metrics: Metrics;
   upstreams: UpstreamNames;
   manifests: ManifestService;
   blobs: BlobFetcher;
@@ -89,7 +91,8 @@ async function serveBlob(
     const size = stored?.size ?? (await deps.headBlob(target.registry, target.repository, digest.value)).size;
     return reply.header('Content-Length', String(size)).send();
   }
-  const blob = await deps.blobs.ensure(target);
+  const cached = await deps.store.get(digest);
+  const blob = cached ?? (await deps.blobs.ensure(target));
   const range = parseRange(headerOf(request, 'range'), blob.size);
   const stream = await deps.store.createReadStream(digest, range);
   if (!stream) throw new RegistryError('BLOB_UNKNOWN', 'blob was evicted while being served');
@@ -97,6 +100,7 @@ async function serveBlob(
     reply.code(206).header('Content-Range', `bytes ${range.start}-${range.end}/${blob.size}`);
   }
   const length = range ? range.end - range.start + 1 : blob.size;
+  if (cached) stream.once('end', () => deps.metrics.blobBytes.inc({ source: 'local' }, length));
   return reply.header('Content-Length', String(length)).send(stream);
 }
 

@@ -22,6 +22,8 @@ export interface StoredBlob {
   path: string;
 }
 
+const READ_CHUNK = Number(process.env.SHOAL_READ_CHUNK ?? 1024 * 1024);
+
 /** Readers of a blob keep it from eviction until their stream closes. */
 interface Lease {
   release(): void;
@@ -109,7 +111,7 @@ export class BlobStore {
       start: range?.start,
       end: range?.end,
       // Large reads keep per-chunk overhead low on multi-GiB blobs.
-      highWaterMark: 1024 * 1024,
+      highWaterMark: READ_CHUNK,
     });
     stream.once('close', () => lease.release());
     void this.touch(digest).catch(() => undefined);

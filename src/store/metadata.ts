@@ -19,6 +19,7 @@ export interface TagRecord {
 
 const BLOB = 'b!';
 const TAG = 't!';
+const GRANT = 'g!';
 
 /**
  * The store's embedded LevelDB. Keys are prefixed by kind so one database holds blob
@@ -62,6 +63,15 @@ export class Metadata {
 
   async putTag(key: string, record: TagRecord): Promise<void> {
     await this.db.put(TAG + key, JSON.stringify(record));
+  }
+
+  async putGrants(keys: string[], at: number): Promise<void> {
+    if (keys.length === 0) return;
+    await this.db.batch(keys.map((key) => ({ type: 'put' as const, key: GRANT + key, value: String(at) })));
+  }
+
+  async hasGrant(key: string): Promise<boolean> {
+    return (await this.db.get(GRANT + key)) !== undefined;
   }
 }
 

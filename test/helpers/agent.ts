@@ -38,7 +38,8 @@ export async function startAgent(opts: TestAgentOptions): Promise<TestAgent> {
       ...opts.upstreams,
       registries: opts.registries,
     },
-    ...(opts.p2p && { p2p: opts.p2p }),
+    // Loopback only, any free port: tests never listen on other interfaces.
+    p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...opts.p2p },
   });
   const logger = pino({ level: opts.logLevel ?? process.env.SHOAL_TEST_LOG ?? 'silent' });
   const agent = await Agent.start(config, { logger });

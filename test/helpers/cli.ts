@@ -33,6 +33,7 @@ export async function startAgentProcess(config: Record<string, unknown>): Promis
     registry: { listen: `127.0.0.1:${port}` },
     storage: { dir: join(dir, 'store') },
     log: { level: 'warn' },
+    p2p: { listen: ['/ip4/127.0.0.1/tcp/0'] },
     ...config,
   };
   const configFile = join(dir, 'agent.config.json');

@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlobFetcher } from '../../src/fetch/blob-fetcher.js';
 import { BlobNotFoundError, BlobUnavailableError } from '../../src/fetch/errors.js';
-import type { BlobRequest, BlobSource, SourceBody } from '../../src/fetch/source.js';
+import { fixedPlan, type BlobRequest, type BlobSource, type SourceBody } from '../../src/fetch/source.js';
 import { digestOf } from '../../src/oci/digest.js';
 import { BlobStore } from '../../src/store/blob-store.js';
 
@@ -18,6 +18,7 @@ const digest = digestOf(blob);
 const request: BlobRequest = { digest, registry: 'r.example', repository: 'team/app' };
 
 class ScriptedSource implements BlobSource {
+  readonly kind = 'peer' as const;
   opens: number[] = [];
   penalised: string[] = [];
   constructor(
@@ -58,7 +59,7 @@ describe('BlobFetcher', () => {
     const absent = new ScriptedSource('peer', { absent: true });
     const origin = new ScriptedSource('origin', {});
 
-    const stored = await new BlobFetcher(store, [absent, origin], logger).ensure(request);
+    const stored = await new BlobFetcher(store, fixedPlan([absent, origin]), logger).ensure(request);
 
     expect((await readFile(stored.path)).equals(blob)).toBe(true);
     expect(absent.opens).toEqual([0]);
@@ -66,7 +67,7 @@ describe('BlobFetcher', () => {
 
   it('answers from the store without asking any source', async () => {
     const origin = new ScriptedSource('origin', {});
-    const fetcher = new BlobFetcher(store, [origin], logger);
+    const fetcher = new BlobFetcher(store, fixedPlan([origin]), logger);
     await fetcher.ensure(request);
     await fetcher.ensure(request);
     expect(origin.opens).toEqual([0]);
@@ -74,7 +75,7 @@ describe('BlobFetcher', () => {
 
   it('shares one download among concurrent requests', async () => {
     const origin = new ScriptedSource('origin', { delayMs: 50 });
-    const fetcher = new BlobFetcher(store, [origin], logger);
+    const fetcher = new BlobFetcher(store, fixedPlan([origin]), logger);
     const results = await Promise.all(Array.from({ length: 5 }, () => fetcher.ensure(request)));
     expect(origin.opens).toEqual([0]);
     expect(new Set(results.map((r) => r.path)).size).toBe(1);
@@ -83,7 +84,7 @@ describe('BlobFetcher', () => {
   it('resumes from the byte reached when a source dies mid-stream', async () => {
     const dying = new ScriptedSource('peer', { dieAfter: 96 * 1024 });
     const origin = new ScriptedSource('origin', {});
-    const stored = await new BlobFetcher(store, [dying, origin], logger).ensure(request);
+    const stored = await new BlobFetcher(store, fixedPlan([dying, origin]), logger).ensure(request);
     expect(origin.opens).toEqual([96 * 1024]);
     expect((await readFile(stored.path)).equals(blob)).toBe(true);
   });
@@ -93,7 +94,7 @@ describe('BlobFetcher', () => {
     wrong.writeUInt8(wrong.readUInt8(1000) ^ 0xff, 1000);
     const liar = new ScriptedSource('liar', { bytes: wrong });
     const origin = new ScriptedSource('origin', {});
-    const stored = await new BlobFetcher(store, [liar, origin], logger).ensure(request);
+    const stored = await new BlobFetcher(store, fixedPlan([liar, origin]), logger).ensure(request);
     expect(liar.penalised).toHaveLength(1);
     expect(origin.opens).toEqual([0]);
     expect((await readFile(stored.path)).equals(blob)).toBe(true);
@@ -103,7 +104,7 @@ describe('BlobFetcher', () => {
     const wrong = Buffer.from(blob);
     wrong.writeUInt8(wrong.readUInt8(5) ^ 1, 5);
     const origin = new ScriptedSource('origin', { bytes: wrong });
-    const error = await new BlobFetcher(store, [origin], logger).ensure(request).catch((e: unknown) => e);
+    const error = await new BlobFetcher(store, fixedPlan([origin]), logger).ensure(request).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(BlobUnavailableError);
     expect(String((error as Error).message)).toMatch(/digest mismatch/);
     expect(await store.get(digest)).toBeUndefined();
@@ -113,13 +114,13 @@ describe('BlobFetcher', () => {
 
   it('refuses a source that sends more than it declared', async () => {
     const origin = new ScriptedSource('origin', { size: 1000 });
-    const error = await new BlobFetcher(store, [origin], logger).ensure(request).catch((e: unknown) => e);
+    const error = await new BlobFetcher(store, fixedPlan([origin]), logger).ensure(request).catch((e: unknown) => e);
     expect(String((error as Error).message)).toMatch(/more than the 1000 bytes/);
     expect(await store.get(digest)).toBeUndefined();
   });
 
   it('says not found when no source has the blob', async () => {
-    const error = await new BlobFetcher(store, [new ScriptedSource('origin', { absent: true })], logger)
+    const error = await new BlobFetcher(store, fixedPlan([new ScriptedSource('origin', { absent: true })]), logger)
       .ensure(request)
       .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(BlobNotFoundError);

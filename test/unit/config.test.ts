@@ -29,7 +29,17 @@ describe('parseConfig defaults', () => {
         registries: { 'docker.io': { url: 'https://registry-1.docker.io', insecure: false } },
       },
       log: { level: 'info' },
-      p2p: {},
+      p2p: {
+        enabled: true,
+        listen: ['/ip4/0.0.0.0/tcp/30021'],
+        bootstrap: [],
+        bootstrapInterval: 30_000,
+        mdns: false,
+        zone: 'default',
+        maxUploadStreams: 16,
+        providerLookupTimeout: 1_000,
+        penaltyDuration: 600_000,
+      },
     });
   });
 
@@ -96,7 +106,7 @@ describe('parseConfig defaults', () => {
   });
 
   it('accepts an empty p2p section and every log level', () => {
-    expect(parseConfig({ p2p: {} }).p2p).toEqual({});
+    expect(parseConfig({ p2p: {} }).p2p.zone).toBe('default');
     for (const level of ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) {
       expect(parseConfig({ log: { level } }).log.level).toBe(level);
     }
@@ -115,7 +125,25 @@ describe('parseConfig errors', () => {
     expect(errorOf({ upstreams: { registries: { 'ghcr.io': { token: 'x' } } } }).message).toBe(
       'upstreams.registries.ghcr.io.token: unknown key',
     );
-    expect(errorOf({ p2p: { listen: [] } }).message).toBe('p2p.listen: unknown key');
+    expect(errorOf({ p2p: { peers: [] } }).message).toBe('p2p.peers: unknown key');
+  });
+
+  it('checks the p2p section', () => {
+    const c = parseConfig({
+      p2p: {
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        bootstrap: ['/ip4/127.0.0.1/tcp/4001', 'shoal.kube-system.svc.cluster.local:30021'],
+        pskFile: 'swarm.key',
+        zone: 'eu-west-1a',
+      },
+    }, { baseDir: '/etc/shoal' });
+    expect(c.p2p.pskFile).toBe('/etc/shoal/swarm.key');
+    expect(c.p2p.bootstrap).toHaveLength(2);
+    expect(errorOf({ p2p: { listen: ['127.0.0.1:4001'] } }).message).toMatch(/^p2p\.listen\.0: must be a TCP multiaddr/);
+    expect(errorOf({ p2p: { bootstrap: ['http://x'] } }).message).toMatch(/^p2p\.bootstrap\.0: must be a multiaddr or host\[:port\]/);
+    expect(errorOf({ p2p: { zone: 'a b' } }).message).toMatch(/^p2p\.zone: must be/);
+    expect(errorOf({ p2p: { maxUploadStreams: 0 } }).message).toBe('p2p.maxUploadStreams: must be an integer from 1 to 1024');
+    expect(errorOf({ p2p: { providerLookupTimeout: 'soon' } }).message).toMatch(/^p2p\.providerLookupTimeout: must be a duration/);
   });
 
   it('reports every unknown key in issues', () => {

@@ -1,0 +1,64 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Every metric the agent exports; names are prefixed `shoal_` (README lists them). */
+export class Metrics {
+  readonly registry = new Registry();
+
+  /** Blob bytes by where they came from: `local` (served from the store), `peer`, `origin` (downloaded). */
+  readonly blobBytes = new Counter({
+    name: 'shoal_blob_bytes_total',
+    help: 'Blob bytes by source: local = served from the cache, peer/origin = downloaded from there',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
+
+  /** Read at every scrape; the agent points it at the libp2p node. */
+  peerCount: () => number = () => 0;
+
+  readonly peers: Gauge = new Gauge({
+    name: 'shoal_peers',
+    help: 'Connected peers',
+    registers: [this.registry],
+    collect: (): void => this.peers.set(this.peerCount()),
+  });
+
+  readonly providerLookup = new Histogram({
+    name: 'shoal_provider_lookup_seconds',
+    help: 'Time to find providers of a blob in the swarm',
+    labelNames: ['result'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+
+  readonly peerTransfer = new Histogram({
+    name: 'shoal_peer_transfer_seconds',
+    help: 'Time of blob transfers from peers that completed',
+    buckets: [0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [this.registry],
+  });
+
+  readonly peerFailures = new Counter({
+    name: 'shoal_peer_transfer_failures_total',
+    help: 'Blob transfers from peers that failed, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly peerUploads = new Counter({
+    name: 'shoal_peer_upload_bytes_total',
+    help: 'Blob bytes served to peers',
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_process_' });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

@@ -1,0 +1,446 @@
+import { identify, type Identify } from '@libp2p/identify';
+import { KEEP_ALIVE, type Libp2p, type PeerId, type Stream } from '@libp2p/interface';
+import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht';
+import { mdns } from '@libp2p/mdns';
+import { noise } from '@libp2p/noise';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { ping, type Ping } from '@libp2p/ping';
+import { preSharedKey } from '@libp2p/pnet';
+import { tcp } from '@libp2p/tcp';
+import { yamux } from '@libp2p/yamux';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { createLibp2p } from 'libp2p';
+import type { Logger } from 'pino';
+import { benchHandler, type BenchDialer } from './bench-protocol.js';
+import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
+import { Bootstrapper, hostPortKey, parseBootstrapEntry, type Lookup } from './bootstrap.js';
+import { cidForDigest } from './cid.js';
+import {
+  DEFAULT_BOOTSTRAP_INTERVAL_MS,
+  DEFAULT_MAX_UPLOADS,
+  DEFAULT_PROTOCOL_PREFIX,
+  DEFAULT_ZONE,
+  protocolIds,
+  type P2POptions,
+  type ProtocolIds,
+} from './config.js';
+import { loadOrCreatePrivateKey } from './key.js';
+import { readSwarmKey } from './psk.js';
+import { agentVersion, zoneFromAgentVersion } from './zone.js';
+
+export type { LocalBlobs, OpenedBlob } from './blob-protocol.js';
+
+/*
+ * Settings, and why:
+ * - Yamux: the receive window auto-tunes from 256 KiB (the spec's initial window, so any
+ *   yamux peer interoperates) up to 16 MiB per stream, enough to keep a LAN link full. Flow
+ *   control is driven by pausing the stream (see stream-io.ts), so a paused stream may hold a
+ *   whole window: the read buffer limit is twice the window, else a slow reader would be reset.
+ * - kad-dht: server mode always (LAN: every agent is dialable), a private protocol id under the
+ *   prefix so Shoal never joins the public IPFS DHT, and a mapper that keeps private and loopback
+ *   addresses (the stock mappers drop one or the other). Provider records expire after 2 h and
+ *   are re-announced hourly, so an evicted blob stops being advertised within hours, not days.
+ *   Queries may run with an empty routing table: they then return at once instead of waiting.
+ * - Nothing dials on its own but the bootstrapper, mDNS (when enabled) and the DHT's queries:
+ *   no public bootstrap list, relay, autonat or UPnP services are configured.
+ */
+const MIB = 1024 * 1024;
+const STREAM_WINDOW = 16 * MIB;
+const PROVIDER_VALIDITY_MS = 2 * 60 * 60_000;
+const DEFAULT_PROVIDE_TIMEOUT_MS = 10_000;
+/** Waiting before (re-)announcing digests provided while the node had no DHT peers. */
+const ANNOUNCE_DEBOUNCE_MS = 500;
+const MAX_ANNOUNCE_RETRY_MS = 60_000;
+
+interface Services {
+  identify: Identify;
+  ping: Ping;
+  dht: KadDHT;
+  [key: string]: unknown;
+}
+
+export interface P2PStartOptions extends P2POptions {
+  logger: Logger;
+  blobs: LocalBlobs;
+  /** DNS lookup used for bootstrap names (tests inject one). */
+  lookup?: Lookup;
+  /** How long `provide` waits for the announcement to reach DHT peers (default 10 s). */
+  provideTimeoutMs?: number;
+}
+
+export interface PeerSummary {
+  id: string;
+  zone?: string;
+  rttMs?: number;
+}
+
+export class P2PNode implements BenchDialer {
+  readonly peerId: string;
+  private readonly log: Logger;
+  private readonly protocols: ProtocolIds;
+  private readonly zones = new Map<string, string>();
+  private readonly rtts = new Map<string, number>();
+  /** Digests provided locally; those not yet announced to any DHT peer wait in `unannounced`. */
+  private readonly provided = new Set<string>();
+  private readonly unannounced = new Set<string>();
+  private announceTimer: NodeJS.Timeout | undefined;
+  private retryDelay = ANNOUNCE_DEBOUNCE_MS;
+  private stopping = false;
+
+  private constructor(
+    /** The libp2p node, for tests and diagnostics; the rest of Shoal uses the methods. */
+    readonly libp2p: Libp2p<Services>,
+    private readonly bootstrapper: Bootstrapper,
+    private readonly blobServer: BlobServer,
+    opts: P2PStartOptions,
+    log: Logger,
+  ) {
+    this.peerId = libp2p.peerId.toString();
+    this.log = log;
+    this.protocols = protocolIds(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
+    this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
+  }
+
+  private readonly provideTimeoutMs: number;
+
+  static async start(opts: P2PStartOptions): Promise<P2PNode> {
+    const log = opts.logger.child({ mod: 'p2p' });
+    const protocols = protocolIds(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
+    const entries = opts.bootstrap.map(parseBootstrapEntry); // fail fast on a bad entry
+    const psk = opts.pskFile === undefined ? undefined : await readSwarmKey(opts.pskFile);
+    const privateKey = await loadOrCreatePrivateKey(opts.keyFile);
+    const zone = opts.zone === '' ? DEFAULT_ZONE : opts.zone;
+
+    const services: Record<string, (components: never) => unknown> = {
+      identify: identify(),
+      // The DHT pings every new contact while we measure its RTT and the connection monitor
+      // pings too: the stock limit of one outbound ping stream per connection makes those
+      // collide and the DHT then silently leaves the peer out of its routing table.
+      ping: ping({ maxOutboundStreams: 8, maxInboundStreams: 8 }),
+      dht: kadDHT({
+        protocol: protocols.dht,
+        clientMode: false,
+        peerInfoMapper: passthroughMapper,
+        kBucketSize: 20,
+        allowQueryWithZeroPeers: true,
+        initialQuerySelfInterval: 200,
+        reprovide: {
+          validity: PROVIDER_VALIDITY_MS,
+          threshold: PROVIDER_VALIDITY_MS / 2,
+          interval: 10 * 60_000,
+        },
+      }),
+    };
+    if (opts.mdns) services.mdns = mdns({ serviceTag: `${protocols.blob.split('/')[1] ?? 'shoal'}.local` });
+
+    const libp2p = await createLibp2p<Services>({
+      privateKey,
+      nodeInfo: { name: 'shoal', userAgent: agentVersion(zone) },
+      addresses: { listen: opts.listen },
+      transports: [tcp()],
+      connectionEncrypters: [noise()],
+      streamMuxers: [
+        yamux({
+          maxInboundStreams: 1024,
+          maxOutboundStreams: 1024,
+          streamOptions: {
+            maxStreamWindowSize: STREAM_WINDOW,
+            maxReadBufferLength: 2 * STREAM_WINDOW,
+          },
+        }),
+      ],
+      ...(psk === undefined ? {} : { connectionProtector: preSharedKey({ psk }) }),
+      connectionManager: {
+        // Every agent of a cluster can sit behind one IP in tests and on some networks.
+        inboundConnectionThreshold: 100,
+        maxIncomingPendingConnections: 64,
+        dialTimeout: 10_000,
+      },
+      services: services as never,
+    });
+
+    const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
+    const blobServer = new BlobServer({ blobs: opts.blobs, maxUploads, logger: log });
+    // Streams beyond maxUploads must still open so the peer gets BUSY instead of a reset.
+    const streamLimit = Math.max(256, maxUploads * 4);
+    await libp2p.handle(protocols.blob, blobServer.handle, {
+      maxInboundStreams: streamLimit,
+      maxOutboundStreams: streamLimit,
+    });
+    if (opts.benchProtocol === true) {
+      await libp2p.handle(protocols.bench, benchHandler(log), { maxInboundStreams: 64, maxOutboundStreams: 64 });
+    }
+
+    const bootstrapper = new Bootstrapper({
+      entries,
+      intervalMs: opts.bootstrapIntervalMs ?? DEFAULT_BOOTSTRAP_INTERVAL_MS,
+      logger: log,
+      ...(opts.lookup === undefined ? {} : { lookup: opts.lookup }),
+      dial: async (addr: Multiaddr) => {
+        const conn = await libp2p.dial(addr, { signal: AbortSignal.timeout(10_000) });
+        return conn.remotePeer.toString();
+      },
+      isConnected: (id) => libp2p.getConnections(peerIdFromString(id)).length > 0,
+      selfKeys: () => new Set(libp2p.getMultiaddrs().map(hostPortKey).filter((k): k is string => k !== undefined)),
+      onPeer: (id) => {
+        // KEEP_ALIVE: the connection manager never prunes it and redials it when it drops.
+        libp2p.peerStore
+          .merge(peerIdFromString(id), { tags: { [KEEP_ALIVE]: { value: 1 } } })
+          .catch((err: Error) => log.debug({ peer: id, err: err.message }, 'p2p could not tag bootstrap peer'));
+      },
+    });
+
+    // A DHT node answers GET_PROVIDERS from its peer store, and libp2p keeps no addresses for
+    // the node itself there: without this, a provider asked directly never names itself.
+    await libp2p.peerStore.merge(libp2p.peerId, { multiaddrs: libp2p.getMultiaddrs() });
+
+    const node = new P2PNode(libp2p, bootstrapper, blobServer, opts, log);
+    node.watchPeers();
+    if (opts.mdns) node.watchMdns();
+    bootstrapper.start();
+    log.info(
+      { peerId: node.peerId, addrs: node.multiaddrs(), zone, psk: psk !== undefined, bootstrap: opts.bootstrap, mdns: opts.mdns },
+      'p2p node started',
+    );
+    return node;
+  }
+
+  multiaddrs(): string[] {
+    return this.libp2p.getMultiaddrs().map((ma) => ma.toString());
+  }
+
+  /**
+   * Advertises that this node serves `digest`. The local provider record is written at once
+   * (a peer that asks this node finds it immediately); the announcement to the DHT peers closest
+   * to the key is awaited for at most `provideTimeoutMs`. A digest provided while no DHT peer
+   * answered is announced again as soon as peers join. Never throws for network reasons.
+   */
+  async provide(digest: string): Promise<void> {
+    const cid = cidForDigest(digest);
+    this.provided.add(digest);
+    await this.announce(digest, cid);
+  }
+
+  /** Stops advertising `digest` (evicted). Records already at peers expire within hours. */
+  async unprovide(digest: string): Promise<void> {
+    this.provided.delete(digest);
+    this.unannounced.delete(digest);
+    try {
+      await this.libp2p.contentRouting.cancelReprovide(cidForDigest(digest));
+    } catch (err) {
+      this.log.debug({ digest, err: (err as Error).message }, 'p2p unprovide failed');
+    }
+  }
+
+  /**
+   * Peer ids (never this node's) that advertise `digest`, as soon as `max` are found or when
+   * `timeoutMs` passes (then with what was found so far). Throws only if `signal` aborts.
+   */
+  async findProviders(digest: string, opts: { timeoutMs: number; max?: number; signal?: AbortSignal }): Promise<string[]> {
+    const cid = cidForDigest(digest);
+    const max = opts.max ?? 20;
+    const found = new Set<string>();
+    if (max <= 0) return [];
+    const local = new AbortController();
+    const timeout = AbortSignal.timeout(opts.timeoutMs);
+    const signal = AbortSignal.any([local.signal, timeout, ...(opts.signal === undefined ? [] : [opts.signal])]);
+    try {
+      // Just connected: the DHT adds peers to its routing table a moment after identify. A query
+      // now would ask nobody, so wait for the first one (bounded by the timeout). With no
+      // connection at all there is nobody to wait for.
+      if (this.dhtPeerCount() === 0 && this.libp2p.getConnections().length > 0) await this.waitForDhtPeer(signal);
+      for await (const peer of this.libp2p.contentRouting.findProviders(cid, { signal })) {
+        const id = peer.id.toString();
+        if (id === this.peerId) continue;
+        found.add(id);
+        if (found.size >= max) break;
+      }
+    } catch (err) {
+      opts.signal?.throwIfAborted();
+      if (!timeout.aborted && !this.stopping) {
+        this.log.debug({ digest, err: (err as Error).message }, 'p2p provider lookup failed');
+      }
+    } finally {
+      local.abort();
+    }
+    return [...found];
+  }
+
+  /**
+   * Opens `digest` at `peerId` from `offset` (to offset+length, or the end). Resolves undefined
+   * when the peer does not hold it; throws PeerBusyError when the peer is at its upload limit,
+   * BlobProtocolError on a bad answer, and libp2p's errors when the peer cannot be reached.
+   * The body streams with backpressure; destroying it (or aborting `signal`) resets the stream.
+   */
+  async openBlob(
+    peerId: string,
+    digest: string,
+    offset: number,
+    opts: { length?: number; signal?: AbortSignal } = {},
+  ): Promise<OpenedBlob | undefined> {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid offset ${offset}`);
+    if (opts.length !== undefined && (!Number.isSafeInteger(opts.length) || opts.length < 0)) {
+      throw new RangeError(`invalid length ${opts.length}`);
+    }
+    cidForDigest(digest); // validates the digest
+    const stream = await this.libp2p.dialProtocol(peerIdFromString(peerId), this.protocols.blob, {
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    });
+    const req = opts.length === undefined ? { digest, offset } : { digest, offset, length: opts.length };
+    return requestBlob(stream, peerId, req, opts.signal);
+  }
+
+  /** Connected peers, with the zone they announced and the last measured round-trip time. */
+  peers(): PeerSummary[] {
+    const byPeer = new Map<string, PeerSummary>();
+    for (const conn of this.libp2p.getConnections()) {
+      if (conn.status !== 'open') continue;
+      const id = conn.remotePeer.toString();
+      const entry = byPeer.get(id) ?? { id };
+      const zone = this.zones.get(id);
+      if (zone !== undefined) entry.zone = zone;
+      const rtt = conn.rtt ?? this.rtts.get(id);
+      if (rtt !== undefined && (entry.rttMs === undefined || rtt < entry.rttMs)) entry.rttMs = rtt;
+      byPeer.set(id, entry);
+    }
+    return [...byPeer.values()];
+  }
+
+  /** Uploads being served right now. */
+  activeUploads(): number {
+    return this.blobServer.activeUploads;
+  }
+
+  /** Opens a stream on the bench protocol (for rawStreamThroughput). */
+  async openBenchStream(peerId: string, signal?: AbortSignal): Promise<Stream> {
+    return this.libp2p.dialProtocol(peerIdFromString(peerId), this.protocols.bench, signal === undefined ? {} : { signal });
+  }
+
+  /** Dials a peer by multiaddr (tests, `shoal status` tooling); returns its peer id. */
+  async dial(addr: string | Multiaddr, signal?: AbortSignal): Promise<string> {
+    const conn = await this.libp2p.dial(typeof addr === 'string' ? multiaddr(addr) : addr, signal === undefined ? {} : { signal });
+    return conn.remotePeer.toString();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearTimeout(this.announceTimer);
+    await this.bootstrapper.stop();
+    await this.libp2p.stop();
+    this.log.info({ peerId: this.peerId }, 'p2p node stopped');
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private dhtPeerCount(): number {
+    const dht = this.libp2p.services.dht as KadDHT & { routingTable?: { size: number } };
+    return dht.routingTable?.size ?? 0;
+  }
+
+  private waitForDhtPeer(signal: AbortSignal): Promise<void> {
+    const table = (this.libp2p.services.dht as KadDHT & { routingTable?: EventTarget }).routingTable;
+    if (table === undefined) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        table.removeEventListener('peer:add', done);
+        signal.removeEventListener('abort', aborted);
+        resolve();
+      };
+      const aborted = (): void => {
+        table.removeEventListener('peer:add', done);
+        reject(signal.reason);
+      };
+      if (signal.aborted) return reject(signal.reason);
+      table.addEventListener('peer:add', done);
+      signal.addEventListener('abort', aborted, { once: true });
+    });
+  }
+
+  /** Sends the provider record to the closest DHT peers, bounded by provideTimeoutMs. */
+  private async announce(digest: string, cid = cidForDigest(digest), reschedule = true): Promise<void> {
+    let reached = 0;
+    try {
+      // The DHT service itself (not libp2p.contentRouting) so the peers reached can be counted.
+      for await (const event of this.libp2p.services.dht.provide(cid, { signal: AbortSignal.timeout(this.provideTimeoutMs) })) {
+        if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') reached++;
+      }
+    } catch (err) {
+      if (this.stopping) return;
+      this.log.debug({ digest, reached, err: (err as Error).message }, 'p2p provide did not finish');
+    }
+    if (reached > 0 || !this.provided.has(digest)) {
+      this.unannounced.delete(digest);
+    } else {
+      this.unannounced.add(digest);
+      if (reschedule) this.scheduleAnnounce(this.retryDelay);
+    }
+  }
+
+  /**
+   * Re-announces `unannounced` digests after `delay`. Triggered when a peer joins the routing
+   * table, and after a round that reached nobody (then with a doubling delay, so an isolated
+   * node does not spin).
+   */
+  private scheduleAnnounce(delay = ANNOUNCE_DEBOUNCE_MS): void {
+    if (this.unannounced.size === 0 || this.announceTimer !== undefined || this.stopping) return;
+    this.announceTimer = setTimeout(() => {
+      this.announceTimer = undefined;
+      if (this.dhtPeerCount() === 0) return; // the next 'peer:add' schedules again
+      const digests = [...this.unannounced].filter((d) => this.provided.has(d));
+      this.unannounced.clear();
+      void (async () => {
+        const queue = [...digests];
+        const worker = async (): Promise<void> => {
+          for (let d = queue.shift(); d !== undefined && !this.stopping; d = queue.shift()) await this.announce(d, undefined, false);
+        };
+        await Promise.all(Array.from({ length: Math.min(8, queue.length) }, worker));
+        if (this.unannounced.size > 0) {
+          this.retryDelay = Math.min(this.retryDelay * 2, MAX_ANNOUNCE_RETRY_MS);
+          this.scheduleAnnounce(this.retryDelay);
+        } else {
+          this.retryDelay = ANNOUNCE_DEBOUNCE_MS;
+        }
+      })();
+    }, delay);
+    this.announceTimer.unref();
+  }
+
+  private watchPeers(): void {
+    this.libp2p.addEventListener('peer:identify', (evt) => {
+      const { peerId, agentVersion: av, connection } = evt.detail;
+      const id = peerId.toString();
+      const zone = zoneFromAgentVersion(av);
+      if (zone !== undefined) this.zones.set(id, zone);
+      // First RTT sample now; the connection monitor refreshes conn.rtt every 10 s.
+      if (connection.rtt === undefined) void this.measureRtt(peerId);
+    });
+    const table = (this.libp2p.services.dht as KadDHT & { routingTable?: EventTarget }).routingTable;
+    table?.addEventListener('peer:add', () => this.scheduleAnnounce());
+    this.libp2p.addEventListener('peer:disconnect', (evt) => {
+      const id = evt.detail.toString();
+      this.zones.delete(id);
+      this.rtts.delete(id);
+    });
+  }
+
+  private async measureRtt(peer: PeerId): Promise<void> {
+    try {
+      const rtt = await this.libp2p.services.ping.ping(peer, { signal: AbortSignal.timeout(5_000) });
+      this.rtts.set(peer.toString(), rtt);
+    } catch {
+      // the monitor's pings will fill it in, or the peer is going away
+    }
+  }
+
+  private watchMdns(): void {
+    const discovery = this.libp2p.services.mdns as EventTarget | undefined;
+    discovery?.addEventListener('peer', (evt) => {
+      const { id, multiaddrs } = (evt as CustomEvent<{ id: PeerId; multiaddrs: Multiaddr[] }>).detail;
+      if (this.stopping || id.equals(this.libp2p.peerId) || this.libp2p.getConnections(id).length > 0) return;
+      this.libp2p
+        .dial(multiaddrs.length > 0 ? multiaddrs : id, { signal: AbortSignal.timeout(10_000) })
+        .catch((err: Error) => this.log.debug({ peer: id.toString(), err: err.message }, 'p2p mdns dial failed'));
+    });
+  }
+}

@@ -1,0 +1,260 @@
+import { Readable } from 'node:stream';
+import type { Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface';
+import { BlobProtocolError } from './errors.js';
+
+/**
+ * libp2p 3 streams are event emitters ('message', 'end', 'close') whose async iterator buffers
+ * without limit, so reading goes through this class instead. Flow control with Yamux works by
+ * `pause()`: a paused stream stops granting window updates and the sender stalls once the
+ * window it already has (at most the max stream window) is spent.
+ *
+ * Two phases: small headers are read with `readExactly`, then `body(n)` hands the next n bytes
+ * to a Node Readable that pauses the libp2p stream whenever the Readable's buffer is full.
+ */
+export class StreamReader {
+  private readonly chunks: Uint8Array[] = [];
+  private buffered = 0;
+  private eof = false;
+  private failure: Error | undefined;
+  private wake: (() => void) | undefined;
+  private sink: BodyReadable | undefined;
+
+  constructor(
+    readonly stream: Stream,
+    /** Header-phase buffer above which the stream is paused until the reader catches up. */
+    private readonly maxHeaderBuffer = 1 << 20,
+  ) {
+    stream.addEventListener('message', this.onMessage);
+    stream.addEventListener('end', this.onEnd);
+    stream.addEventListener('close', this.onClose);
+    if (stream.readableEnded) this.eof = true;
+  }
+
+  /** Stops listening to the stream; anything still buffered is dropped. */
+  dispose(): void {
+    this.stream.removeEventListener('message', this.onMessage);
+    this.stream.removeEventListener('end', this.onEnd);
+    this.stream.removeEventListener('close', this.onClose);
+    this.chunks.length = 0;
+    this.buffered = 0;
+  }
+
+  /** The next n bytes; throws BlobProtocolError if the stream ends first. */
+  async readExactly(n: number, signal?: AbortSignal): Promise<Uint8Array> {
+    for (;;) {
+      signal?.throwIfAborted();
+      if (this.buffered >= n) return this.take(n);
+      if (this.failure !== undefined) throw this.failure;
+      if (this.eof) throw new BlobProtocolError(`stream ended after ${this.buffered} of ${n} header bytes`);
+      await this.waitForData(signal);
+    }
+  }
+
+  /**
+   * Hands the next `length` bytes to a Readable and detaches this reader from header reading.
+   * The Readable errors if the stream ends early or carries more than `length` bytes.
+   */
+  body(length: number, highWaterMark = Number(process.env.HWM ?? 1 << 20)): Readable {
+    const sink = new BodyReadable(this, length, highWaterMark);
+    this.sink = sink;
+    const pending = this.chunks.splice(0);
+    this.buffered = 0;
+    for (const chunk of pending) sink.deliver(chunk);
+    if (this.failure !== undefined) sink.inputFailed(this.failure);
+    else if (this.eof) sink.inputEnded();
+    if (length === 0) sink.deliver(new Uint8Array(0));
+    return sink;
+  }
+
+  pause(): void {
+    if (this.stream.readStatus === 'readable') this.stream.pause();
+  }
+
+  resume(): void {
+    if (this.stream.readStatus === 'paused') {
+      try {
+        this.stream.resume();
+      } catch {
+        // closed meanwhile: the 'close' handler reports it
+      }
+    }
+  }
+
+  private take(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    let filled = 0;
+    while (filled < n) {
+      const head = this.chunks[0]!;
+      const want = n - filled;
+      if (head.byteLength <= want) {
+        out.set(head, filled);
+        filled += head.byteLength;
+        this.chunks.shift();
+      } else {
+        out.set(head.subarray(0, want), filled);
+        this.chunks[0] = head.subarray(want);
+        filled += want;
+      }
+    }
+    this.buffered -= n;
+    if (this.buffered < this.maxHeaderBuffer) this.resume();
+    return out;
+  }
+
+  private waitForData(signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.wake = undefined;
+        reject(signal!.reason);
+      };
+      this.wake = () => {
+        this.wake = undefined;
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  private readonly onMessage = (evt: StreamMessageEvent): void => {
+    const data = evt.data;
+    const parts: Iterable<Uint8Array> = data instanceof Uint8Array ? [data] : data;
+    for (const part of parts) {
+      if (part.byteLength === 0) continue;
+      if (this.sink !== undefined) {
+        this.sink.deliver(part);
+      } else {
+        this.chunks.push(part);
+        this.buffered += part.byteLength;
+      }
+    }
+    if (this.sink === undefined && this.buffered >= this.maxHeaderBuffer) this.pause();
+    this.wake?.();
+  };
+
+  private readonly onEnd = (): void => {
+    this.eof = true;
+    this.sink?.inputEnded();
+    this.wake?.();
+  };
+
+  private readonly onClose = (evt: StreamCloseEvent): void => {
+    if (evt.error !== undefined) {
+      this.failure = evt.error;
+      this.sink?.inputFailed(evt.error);
+    } else {
+      // A clean close can come while we are paused with bytes still queued in the stream:
+      // resuming hands them over synchronously (no more can arrive), then the input is over.
+      this.resume();
+      this.eof = true;
+      this.sink?.inputEnded();
+    }
+    this.wake?.();
+  };
+}
+
+class BodyReadable extends Readable {
+  private remaining: number;
+  private finished = false;
+
+  constructor(
+    private readonly reader: StreamReader,
+    private readonly length: number,
+    highWaterMark: number,
+  ) {
+    super({ highWaterMark });
+    this.remaining = length;
+  }
+
+  deliver(chunk: Uint8Array): void {
+    if (this.finished || this.destroyed) return;
+    if (chunk.byteLength > this.remaining) {
+      this.fail(new BlobProtocolError(`peer sent more than the ${this.length} bytes it announced`));
+      return;
+    }
+    this.remaining -= chunk.byteLength;
+    const more = chunk.byteLength === 0 ? true : this.push(chunk);
+    if (this.remaining === 0) {
+      this.finished = true;
+      this.reader.dispose();
+      this.push(null);
+    } else if (!more) {
+      this.reader.pause();
+    }
+  }
+
+  inputEnded(): void {
+    if (this.finished || this.destroyed) return;
+    if (this.remaining > 0) {
+      this.fail(new BlobProtocolError(`body ended after ${this.length - this.remaining} of ${this.length} bytes`));
+    }
+  }
+
+  inputFailed(err: Error): void {
+    if (this.finished || this.destroyed) return;
+    this.fail(err);
+  }
+
+  override _read(): void {
+    this.reader.resume();
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    if (!this.finished) {
+      this.finished = true;
+      this.reader.dispose();
+      // The consumer gave up (or the peer failed): reset the stream so the peer stops sending.
+      const stream = this.reader.stream;
+      if (stream.status === 'open') stream.abort(err ?? new Error('blob body closed by the reader'));
+    }
+    cb(err);
+  }
+
+  private fail(err: Error): void {
+    this.destroy(err);
+  }
+}
+
+/**
+ * Writes with backpressure: when the stream's send buffer is full, waits for its 'drain' event.
+ * (Not `stream.onDrain()`: in @libp2p/utils 7.4 its promise is created once per stream and stays
+ * resolved after the first drain, so later waits return at once and the writer queues without
+ * limit — a 1 GiB blob would be read into memory.)
+ */
+export async function sendAll(stream: Stream, data: Uint8Array, signal?: AbortSignal): Promise<void> {
+  if (stream.send(data)) return;
+  await waitForDrain(stream, signal);
+}
+
+export function waitForDrain(stream: Stream, signal?: AbortSignal): Promise<void> {
+  if (!stream.writableNeedsDrain) {
+    if (stream.writeStatus !== 'writable') return Promise.reject(new Error(`stream is ${stream.writeStatus}`));
+    return Promise.resolve();
+  }
+  return new Promise<void>((resolve, reject) => {
+    const cleanup = (): void => {
+      stream.removeEventListener('drain', onDrain);
+      stream.removeEventListener('close', onClose);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const onDrain = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onClose = (evt: StreamCloseEvent): void => {
+      cleanup();
+      reject(evt.error ?? new Error('stream closed while waiting to send'));
+    };
+    const onAbort = (): void => {
+      cleanup();
+      reject(signal!.reason);
+    };
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    stream.addEventListener('drain', onDrain);
+    stream.addEventListener('close', onClose);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

@@ -1,0 +1,44 @@
+import { waitFor } from './proc.js';
+import { startAgent, type TestAgent, type TestAgentOptions } from './agent.js';
+
+/** Waits until the agent has at least `count` peers. */
+export async function waitForPeers(agent: TestAgent, count: number, timeoutMs = 20_000): Promise<void> {
+  await waitFor(`${count} peers`, async () => (agent.agent.p2p?.peers().length ?? 0) >= count, { timeoutMs });
+}
+
+/** The multiaddrs a peer dials to join through `agent`. */
+export function bootstrapOf(agent: TestAgent): string[] {
+  return agent.agent.p2p!.multiaddrs();
+}
+
+/** Starts agents that all bootstrap from the first one, and waits until each sees a peer. */
+export async function startSwarm(count: number, opts: TestAgentOptions): Promise<TestAgent[]> {
+  const first = await startAgent(opts);
+  const rest = await Promise.all(
+    Array.from({ length: count - 1 }, () =>
+      startAgent({ ...opts, p2p: { ...opts.p2p, bootstrap: bootstrapOf(first) } }),
+    ),
+  );
+  const all = [first, ...rest];
+  await Promise.all(all.map((a) => waitForPeers(a, 1)));
+  return all;
+}
+
+/** A counter's value in an agent's /metrics text (summed over label sets matching `labels`). */
+export async function metric(agent: TestAgent, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`${agent.url}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const m = /^(\w+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const found = Object.fromEntries(
+      (m[2] ?? '')
+        .split(',')
+        .filter(Boolean)
+        .map((kv) => kv.split('=').map((s) => s.replace(/^"|"$/g, '')) as [string, string]),
+    );
+    if (Object.entries(labels).every(([k, v]) => found[k] === v)) total += Number(m[3]);
+  }
+  return total;
+}

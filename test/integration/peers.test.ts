@@ -1,0 +1,238 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseDigest } from '../../src/oci/digest.js';
+import { P2PNode } from '../../src/p2p/node.js';
+import { generateSwarmKey } from '../../src/p2p/psk.js';
+import { startAgent, type TestAgent } from '../helpers/agent.js';
+import { startCountingProxy, type CountingProxy } from '../helpers/counting-proxy.js';
+import { makeImage, pushImage, type PushedImage } from '../helpers/images.js';
+import { sleep } from '../helpers/proc.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
+import { skopeoPull } from '../helpers/skopeo.js';
+import { bootstrapOf, metric, startSwarm, waitForPeers } from '../helpers/swarm.js';
+import { makeTempDir, removeTempDir } from '../helpers/tmp.js';
+import { startTokenIssuer, type TokenIssuer } from '../helpers/token-issuer.js';
+
+// Real agents on loopback, a real docker-registry origin behind a byte counter.
+let registry: Registry;
+let origin: CountingProxy;
+let dir: string;
+const agents: TestAgent[] = [];
+
+function registries() {
+  return { [origin.host]: { url: origin.url } };
+}
+
+async function pull(agent: TestAgent, ref: string): Promise<void> {
+  const result = await skopeoPull(`${agent.host}/${ref}`);
+  expect(result.stderr).toBe('');
+  expect(result.ok).toBe(true);
+  await result.remove();
+}
+
+async function push(repo: string, layers: number[]): Promise<PushedImage> {
+  const local = await makeImage({ layers });
+  const pushed = await pushImage(local, registry, repo);
+  await local.remove();
+  return pushed;
+}
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  origin = await startCountingProxy(registry);
+  dir = await makeTempDir('shoal-peers-');
+});
+
+afterAll(async () => {
+  for (const a of agents) await a.close();
+  await origin?.stop();
+  await registry?.close();
+  await removeTempDir(dir);
+});
+
+describe('agents sharing blobs over libp2p', () => {
+  it('after agent A pulls an image, agents B and C pull it with zero blob bytes from the origin', async () => {
+    const image = await push('team/shared:v1', [3 * 1024 * 1024, 1024 * 1024]);
+    const [a, b, c] = await startSwarm(3, { registries: registries() });
+    agents.push(a!, b!, c!);
+
+    origin.reset();
+    await pull(a!, 'team/shared:v1');
+    expect(origin.blobBytes()).toBe(image.blobBytes);
+
+    origin.reset();
+    await pull(b!, 'team/shared:v1');
+    await pull(c!, 'team/shared:v1');
+    expect(origin.blobBytes()).toBe(0);
+    expect(await metric(b!, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(image.blobBytes);
+    expect(await metric(b!, 'shoal_blob_bytes_total', { source: 'origin' })).toBe(0);
+    expect(await metric(c!, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(image.blobBytes);
+    expect(await metric(b!, 'shoal_peers')).toBeGreaterThanOrEqual(1);
+    expect(await metric(b!, 'shoal_provider_lookup_seconds_count')).toBeGreaterThan(0);
+    expect(await metric(b!, 'shoal_peer_transfer_seconds_count')).toBe(image.layerDigests.length + 1);
+  });
+
+  it('provides what it holds after a restart', async () => {
+    const image = await push('team/restart:v1', [512 * 1024]);
+    const storage = join(dir, 'restarted');
+    const first = await startAgent({ registries: registries(), dir: storage });
+    await pull(first, 'team/restart:v1');
+    await first.stop();
+    const again = await startAgent({ registries: registries(), dir: storage });
+    agents.push(again);
+    const other = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(again) } });
+    agents.push(other);
+    await waitForPeers(other, 1);
+    origin.reset();
+    await pull(other, 'team/restart:v1');
+    expect(origin.blobBytes()).toBe(0);
+    expect(image.layerDigests).toHaveLength(1);
+  });
+
+  it('resumes from the byte reached when the provider dies mid-transfer', async () => {
+    const image = await push('team/big:v1', [24 * 1024 * 1024]);
+    const layer = image.layerDigests[0]!;
+    const size = image.layerSizes[0]!;
+    // The provider uploads at 8 MiB/s, so the transfer is still running when it is stopped.
+    const provider = await startAgent({ registries: registries(), p2p: { maxUploadRate: '8MiB' } });
+    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
+    agents.push(provider, b);
+    await waitForPeers(b, 1);
+    await pull(provider, 'team/big:v1');
+    // B learns the layer is its to read from the manifest, then fetches the layer.
+    const manifest = await fetch(`${b.url}/v2/team/big/manifests/v1`);
+    expect(manifest.status).toBe(200);
+    origin.reset();
+    const download = fetch(`${b.url}/v2/team/big/blobs/${layer}`).then(async (r) => ({
+      status: r.status,
+      bytes: Buffer.from(await r.arrayBuffer()),
+    }));
+    await sleep(1200);
+    await provider.stop();
+    const result = await download;
+    expect(result.status).toBe(200);
+    expect(result.bytes.length).toBe(size);
+    const fromPeer = await metric(b, 'shoal_blob_bytes_total', { source: 'peer' });
+    const fromOrigin = await metric(b, 'shoal_blob_bytes_total', { source: 'origin' });
+    expect(fromPeer).toBeGreaterThan(0);
+    expect(fromPeer).toBeLessThan(size);
+    // Only what the provider had not sent was fetched again, and from the origin.
+    expect(fromOrigin).toBe(size - fromPeer);
+    expect(origin.blobBytes()).toBe(size - fromPeer);
+    expect(await b.agent.store.get(parseDigest(layer))).toBeDefined();
+  });
+
+  it('drops and penalises a peer that sends wrong bytes; the pull completes from the origin', async () => {
+    const image = await push('team/lied:v1', [2 * 1024 * 1024]);
+    const layer = image.layerDigests[0]!;
+    const b = await startAgent({ registries: registries() });
+    agents.push(b);
+    // A test peer that speaks the blob protocol, provides the layer, and serves garbage of the right size.
+    const liar = await P2PNode.start({
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: bootstrapOf(b),
+      mdns: false,
+      zone: 'default',
+      keyFile: join(dir, 'liar.key'),
+      logger: pino({ level: 'silent' }),
+      blobs: {
+        async open(digest, offset) {
+          if (digest !== layer) return undefined;
+          const size = image.layerSizes[0]!;
+          return { size, body: Readable.from([Buffer.alloc(size - offset, 0x42)]) };
+        },
+      },
+    });
+    try {
+      await waitForPeers(b, 1);
+      await liar.provide(layer);
+      origin.reset();
+      await pull(b, 'team/lied:v1');
+      expect(b.agent.peerBook!.isPenalised(liar.peerId)).toBe(true);
+      expect(await metric(b, 'shoal_peer_transfer_failures_total', { reason: 'verification' })).toBe(1);
+      // The whole layer came from the origin, after the lie was thrown away.
+      expect(origin.blobBytes()).toBe(image.blobBytes);
+      const stored = await b.agent.store.get(parseDigest(layer));
+      expect(stored?.size).toBe(image.layerSizes[0]);
+    } finally {
+      await liar.stop();
+    }
+  });
+
+  it('keeps an agent with the wrong pre-shared key out of the swarm', async () => {
+    const image = await push('team/psk:v1', [1024 * 1024]);
+    const key1 = join(dir, 'swarm1.key');
+    const key2 = join(dir, 'swarm2.key');
+    await writeFile(key1, generateSwarmKey());
+    await writeFile(key2, generateSwarmKey());
+    const a = await startAgent({ registries: registries(), p2p: { pskFile: key1 } });
+    agents.push(a);
+    const friend = await startAgent({ registries: registries(), p2p: { pskFile: key1, bootstrap: bootstrapOf(a) } });
+    const stranger = await startAgent({ registries: registries(), p2p: { pskFile: key2, bootstrap: bootstrapOf(a) } });
+    agents.push(friend, stranger);
+    await waitForPeers(friend, 1);
+    await pull(a, 'team/psk:v1');
+
+    origin.reset();
+    await pull(friend, 'team/psk:v1');
+    expect(origin.blobBytes()).toBe(0);
+
+    origin.reset();
+    await pull(stranger, 'team/psk:v1');
+    expect(stranger.agent.p2p!.peers()).toEqual([]);
+    expect(origin.blobBytes()).toBe(image.blobBytes);
+    expect(await metric(stranger, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(0);
+  });
+});
+
+describe('a private repository', () => {
+  let issuer: TokenIssuer;
+  let privateRegistry: Registry;
+  beforeAll(async () => {
+    issuer = await startTokenIssuer({
+      users: { pusher: 'pushpw', reader: 'readpw' },
+      acl: [
+        { user: 'pusher', repos: ['*'], actions: ['pull', 'push'] },
+        { user: 'reader', repos: ['private/*'], actions: ['pull'] },
+      ],
+    });
+    privateRegistry = await startRegistry({ auth: { kind: 'token', issuer } });
+  });
+  afterAll(async () => {
+    await privateRegistry?.close();
+    await issuer?.stop();
+  });
+
+  it('is never served to an agent the origin refuses, though a peer holds it', async () => {
+    const local = await makeImage({ layers: [1024 * 1024] });
+    const image = await pushImage(local, privateRegistry, 'private/app:v1', { creds: 'pusher:pushpw' });
+    await local.remove();
+    const host = privateRegistry.host;
+    const a = await startAgent({
+      registries: { [host]: { url: privateRegistry.url, username: 'reader', password: 'readpw' } },
+    });
+    const b = await startAgent({
+      registries: { [host]: { url: privateRegistry.url } },
+      p2p: { bootstrap: bootstrapOf(a) },
+    });
+    agents.push(a, b);
+    await waitForPeers(b, 1);
+    await pull(a, 'private/app:v1');
+    expect(await a.agent.store.get(parseDigest(image.layerDigests[0]!))).toBeDefined();
+
+    for (const digest of [image.layerDigests[0]!, image.configDigest]) {
+      const res = await fetch(`${b.url}/v2/private/app/blobs/${digest}`);
+      expect(res.status).toBe(401);
+      expect(((await res.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe('UNAUTHORIZED');
+    }
+    const manifest = await fetch(`${b.url}/v2/private/app/manifests/${image.manifestDigest}`);
+    expect(manifest.status).toBe(401);
+    // A never uploaded a byte, and B holds nothing of the image.
+    expect(await metric(a, 'shoal_peer_upload_bytes_total')).toBe(0);
+    expect(await b.agent.store.get(parseDigest(image.layerDigests[0]!))).toBeUndefined();
+    expect(await metric(b, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(0);
+  });
+});
