@@ -113,18 +113,51 @@ export class BlobFetcher {
     throw new BlobUnavailableError(request.digest.value, failures, { cause: lastError });
   }
 
+  /**
+   * Streams a source into the writer: chunks are gathered into batches written with one
+   * vectored write each, with one write in flight while the next batch arrives. On failure,
+   * what was received is still written, so the next source resumes after it.
+   */
   private async copy(
     body: AsyncIterable<Uint8Array>,
     writer: BlobWriter,
     size: number | undefined,
     source: BlobSource,
   ): Promise<void> {
-    for await (const chunk of body) {
-      if (size !== undefined && writer.bytesWritten + chunk.length > size) {
-        throw new Error(`sent more than the ${size} bytes it declared`);
+    let batch: Uint8Array[] = [];
+    let batched = 0;
+    let received = writer.bytesWritten;
+    let inflight: Promise<void> = Promise.resolve();
+    const flush = () => {
+      const chunks = batch;
+      const bytes = batched;
+      batch = [];
+      batched = 0;
+      inflight = inflight.then(async () => {
+        await writer.write(chunks);
+        this.observer.bytes?.(source, bytes);
+      });
+    };
+    try {
+      for await (const chunk of body) {
+        if (size !== undefined && received + chunk.length > size) {
+          throw new Error(`sent more than the ${size} bytes it declared`);
+        }
+        received += chunk.length;
+        batch.push(chunk);
+        batched += chunk.length;
+        if (batched >= WRITE_BATCH) {
+          // Backpressure: at most one batch being written while the next one fills.
+          await inflight;
+          flush();
+        }
       }
-      await writer.write(chunk);
-      this.observer.bytes?.(source, chunk.length);
+    } finally {
+      if (batched > 0) flush();
+      await inflight;
     }
   }
 }
+
+/** Bytes gathered before one vectored write to the temporary file. */
+const WRITE_BATCH = 1024 * 1024;

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { createServer } from 'node:http';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
@@ -21,13 +21,14 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
     serverFactory: (handler) => createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, handler),
     loggerInstance: deps.logger,
     // Repository names may be long; the wildcard route must not cut them off into a 404.
-    maxParamLength: 4096,
+    routerOptions: { maxParamLength: 4096 },
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
     },
     requestIdHeader: false,
-    disableRequestLogging: true,
+    // One log line per request comes from our onResponse hook instead.
+    logController: new LogController({ disableRequestLogging: true }),
     // A URL the router cannot decode is answered as the spec's JSON, not fastify's.
     frameworkErrors: (error, _request, reply) => {
       void sendError(reply, new RegistryError('NAME_INVALID', `bad request: ${error.message}`));

@@ -6,7 +6,7 @@ export type BlobGenerator = (offset: number, chunk: Uint8Array) => void;
 
 type Entry = { kind: 'bytes'; bytes: Uint8Array } | { kind: 'generated'; size: number; fill: BlobGenerator };
 
-const CHUNK = Number(process.env.MB_CHUNK ?? 64 * 1024);
+const CHUNK = 64 * 1024; // like fs.createReadStream
 
 /**
  * A LocalBlobs over memory, for tests and benchmarks of the p2p layer. Generated blobs are

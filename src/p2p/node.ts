@@ -1,5 +1,5 @@
 import { identify, type Identify } from '@libp2p/identify';
-import { KEEP_ALIVE, type Libp2p, type PeerId, type Stream } from '@libp2p/interface';
+import { KEEP_ALIVE, type Libp2p, type PeerDiscovery, type PeerId, type Stream } from '@libp2p/interface';
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht';
 import { mdns } from '@libp2p/mdns';
 import { noise } from '@libp2p/noise';
@@ -9,7 +9,7 @@ import { preSharedKey } from '@libp2p/pnet';
 import { tcp } from '@libp2p/tcp';
 import { yamux } from '@libp2p/yamux';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
-import { createLibp2p } from 'libp2p';
+import { createLibp2p, type ServiceFactoryMap } from 'libp2p';
 import type { Logger } from 'pino';
 import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
@@ -48,15 +48,17 @@ const MIB = 1024 * 1024;
 const STREAM_WINDOW = 16 * MIB;
 const PROVIDER_VALIDITY_MS = 2 * 60 * 60_000;
 const DEFAULT_PROVIDE_TIMEOUT_MS = 10_000;
+/** A peer must answer a blob request (status and header) within this time. */
+const RESPONSE_TIMEOUT_MS = 10_000;
 /** Waiting before (re-)announcing digests provided while the node had no DHT peers. */
 const ANNOUNCE_DEBOUNCE_MS = 500;
 const MAX_ANNOUNCE_RETRY_MS = 60_000;
 
-interface Services {
+interface Services extends Record<string, unknown> {
   identify: Identify;
   ping: Ping;
   dht: KadDHT;
-  [key: string]: unknown;
+  mdns?: PeerDiscovery;
 }
 
 export interface P2PStartOptions extends P2POptions {
@@ -86,6 +88,7 @@ export class P2PNode implements BenchDialer {
   private announceTimer: NodeJS.Timeout | undefined;
   private retryDelay = ANNOUNCE_DEBOUNCE_MS;
   private stopping = false;
+  private readonly provideTimeoutMs: number;
 
   private constructor(
     /** The libp2p node, for tests and diagnostics; the rest of Shoal uses the methods. */
@@ -101,8 +104,6 @@ export class P2PNode implements BenchDialer {
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
   }
 
-  private readonly provideTimeoutMs: number;
-
   static async start(opts: P2PStartOptions): Promise<P2PNode> {
     const log = opts.logger.child({ mod: 'p2p' });
     const protocols = protocolIds(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
@@ -111,7 +112,7 @@ export class P2PNode implements BenchDialer {
     const privateKey = await loadOrCreatePrivateKey(opts.keyFile);
     const zone = opts.zone === '' ? DEFAULT_ZONE : opts.zone;
 
-    const services: Record<string, (components: never) => unknown> = {
+    const services: ServiceFactoryMap<Services> = {
       identify: identify(),
       // The DHT pings every new contact while we measure its RTT and the connection monitor
       // pings too: the stock limit of one outbound ping stream per connection makes those
@@ -131,7 +132,8 @@ export class P2PNode implements BenchDialer {
         },
       }),
     };
-    if (opts.mdns) services.mdns = mdns({ serviceTag: `${protocols.blob.split('/')[1] ?? 'shoal'}.local` });
+    // Our own service name, so Shoal agents only discover each other, not every libp2p app on the LAN.
+    if (opts.mdns) services.mdns = mdns({ serviceTag: mdnsServiceTag(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX) });
 
     const libp2p = await createLibp2p<Services>({
       privateKey,
@@ -156,7 +158,7 @@ export class P2PNode implements BenchDialer {
         maxIncomingPendingConnections: 64,
         dialTimeout: 10_000,
       },
-      services: services as never,
+      services,
     });
 
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
@@ -190,8 +192,9 @@ export class P2PNode implements BenchDialer {
       },
     });
 
-    // A DHT node answers GET_PROVIDERS from its peer store, and libp2p keeps no addresses for
-    // the node itself there: without this, a provider asked directly never names itself.
+    // A DHT node answers GET_PROVIDERS with addresses from its peer store, and libp2p writes the
+    // node's own addresses there only after a 1 s debounce: until then a provider asked directly
+    // would leave itself out of the answer.
     await libp2p.peerStore.merge(libp2p.peerId, { multiaddrs: libp2p.getMultiaddrs() });
 
     const node = new P2PNode(libp2p, bootstrapper, blobServer, opts, log);
@@ -287,7 +290,7 @@ export class P2PNode implements BenchDialer {
       ...(opts.signal === undefined ? {} : { signal: opts.signal }),
     });
     const req = opts.length === undefined ? { digest, offset } : { digest, offset, length: opts.length };
-    return requestBlob(stream, peerId, req, opts.signal);
+    return requestBlob(stream, peerId, req, { ...(opts.signal === undefined ? {} : { signal: opts.signal }), headerTimeoutMs: RESPONSE_TIMEOUT_MS });
   }
 
   /** Connected peers, with the zone they announced and the last measured round-trip time. */
@@ -369,7 +372,11 @@ export class P2PNode implements BenchDialer {
       if (this.stopping) return;
       this.log.debug({ digest, reached, err: (err as Error).message }, 'p2p provide did not finish');
     }
-    if (reached > 0 || !this.provided.has(digest)) {
+    if (!this.provided.has(digest)) {
+      // unprovide() ran meanwhile: the DHT's provide has just rewritten the local record.
+      this.unannounced.delete(digest);
+      await this.libp2p.contentRouting.cancelReprovide(cid).catch(() => {});
+    } else if (reached > 0) {
       this.unannounced.delete(digest);
     } else {
       this.unannounced.add(digest);
@@ -434,13 +441,18 @@ export class P2PNode implements BenchDialer {
   }
 
   private watchMdns(): void {
-    const discovery = this.libp2p.services.mdns as EventTarget | undefined;
-    discovery?.addEventListener('peer', (evt) => {
-      const { id, multiaddrs } = (evt as CustomEvent<{ id: PeerId; multiaddrs: Multiaddr[] }>).detail;
+    this.libp2p.services.mdns?.addEventListener('peer', (evt) => {
+      const { id, multiaddrs } = evt.detail;
       if (this.stopping || id.equals(this.libp2p.peerId) || this.libp2p.getConnections(id).length > 0) return;
       this.libp2p
         .dial(multiaddrs.length > 0 ? multiaddrs : id, { signal: AbortSignal.timeout(10_000) })
         .catch((err: Error) => this.log.debug({ peer: id.toString(), err: err.message }, 'p2p mdns dial failed'));
     });
   }
+}
+
+/** "_shoal._udp.local" for the default prefix. */
+export function mdnsServiceTag(prefix: string): string {
+  const name = prefix.split('/').filter((p) => p !== '').join('-').replace(/[^a-zA-Z0-9-]/g, '') || 'shoal';
+  return `_${name}._udp.local`;
 }

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import type { Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface';
+import type { Uint8ArrayList } from 'uint8arraylist';
 import { BlobProtocolError } from './errors.js';
 
 /**
@@ -54,7 +55,7 @@ export class StreamReader {
    * Hands the next `length` bytes to a Readable and detaches this reader from header reading.
    * The Readable errors if the stream ends early or carries more than `length` bytes.
    */
-  body(length: number, highWaterMark = Number(process.env.HWM ?? 1 << 20)): Readable {
+  body(length: number, highWaterMark = 1 << 20): Readable {
     const sink = new BodyReadable(this, length, highWaterMark);
     this.sink = sink;
     const pending = this.chunks.splice(0);
@@ -221,7 +222,7 @@ class BodyReadable extends Readable {
  * resolved after the first drain, so later waits return at once and the writer queues without
  * limit — a 1 GiB blob would be read into memory.)
  */
-export async function sendAll(stream: Stream, data: Uint8Array, signal?: AbortSignal): Promise<void> {
+export async function sendAll(stream: Stream, data: Uint8Array | Uint8ArrayList, signal?: AbortSignal): Promise<void> {
   if (stream.send(data)) return;
   await waitForDrain(stream, signal);
 }

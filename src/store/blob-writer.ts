@@ -36,15 +36,21 @@ export class BlobWriter {
     return this.written;
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
+  /** Appends chunks (one vectored write), hashing them in order. */
+  async write(chunks: Uint8Array | readonly Uint8Array[]): Promise<void> {
     if (this.done) throw new Error('blob writer is closed');
-    this.hash.update(chunk);
-    let offset = 0;
-    while (offset < chunk.length) {
-      const { bytesWritten } = await this.file.write(chunk, offset, chunk.length - offset, this.written + offset);
-      offset += bytesWritten;
+    const list = chunks instanceof Uint8Array ? [chunks] : chunks;
+    let length = 0;
+    for (const chunk of list) {
+      this.hash.update(chunk);
+      length += chunk.length;
     }
-    this.written += chunk.length;
+    let written = 0;
+    while (written < length) {
+      const { bytesWritten } = await this.file.writev(remaining(list, written), this.written + written);
+      written += bytesWritten;
+    }
+    this.written += length;
   }
 
   /** Verifies the digest, makes the file durable and moves it into place. */
@@ -78,4 +84,19 @@ export class BlobWriter {
     await this.file.close().catch(() => undefined);
     await rm(this.tempPath, { force: true });
   }
+}
+
+/** The chunks from byte `skip` on (after a short vectored write). */
+function remaining(chunks: readonly Uint8Array[], skip: number): Uint8Array[] {
+  if (skip === 0) return chunks as Uint8Array[];
+  const out: Uint8Array[] = [];
+  for (const chunk of chunks) {
+    if (skip >= chunk.length) {
+      skip -= chunk.length;
+      continue;
+    }
+    out.push(skip > 0 ? chunk.subarray(skip) : chunk);
+    skip = 0;
+  }
+  return out;
 }

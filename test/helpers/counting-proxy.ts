@@ -134,7 +134,16 @@ export async function startCountingProxy(
     for await (const chunk of up) {
       await pace((chunk as Buffer).length);
       if (res.destroyed) return;
-      if (!res.write(chunk)) await new Promise((r) => res.once('drain', r).once('close', r));
+      if (!res.write(chunk)) {
+        // Both listeners go once either fires, so a long body does not pile up 'close' listeners.
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            res.off('drain', done).off('close', done);
+            resolve();
+          };
+          res.on('drain', done).on('close', done);
+        });
+      }
     }
     res.end();
   }

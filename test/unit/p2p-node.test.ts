@@ -261,3 +261,74 @@ describe('P2PNode on loopback', () => {
     await second.stop();
   });
 });
+
+describe('P2PNode lifecycle', () => {
+  let dir: string;
+  const nodes: P2PNode[] = [];
+
+  async function start(name: string, blobs: MemoryBlobs, extra: Partial<P2PStartOptions> = {}): Promise<P2PNode> {
+    const node = await P2PNode.start({
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [],
+      mdns: false,
+      zone: 'default',
+      keyFile: join(dir, name, 'key'),
+      logger,
+      blobs,
+      ...extra,
+    });
+    nodes.push(node);
+    return node;
+  }
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'shoal-p2p-life-'));
+  });
+
+  afterAll(async () => {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a digest provided while alone is announced to peers that join later', async () => {
+    const d = fakeDigest('provided early');
+    const blobs = new MemoryBlobs();
+    blobs.set(d, Buffer.from('early'));
+    const a = await start('early-a', blobs);
+    const t0 = performance.now();
+    await a.provide(d); // nobody to tell: returns at once
+    expect(performance.now() - t0).toBeLessThan(1_000);
+
+    const b = await start('early-b', new MemoryBlobs(), { bootstrap: [a.multiaddrs()[0]!] });
+    // B holds A's record itself once A re-announced (not only because it can ask A).
+    const { cidForDigest } = await import('../../src/p2p/cid.js');
+    const providers = (b.libp2p.services.dht as unknown as { providers: { getProviders(c: unknown): Promise<unknown[]> } }).providers;
+    let stored: string[] = [];
+    for (let i = 0; i < 250 && stored.length === 0; i++) {
+      stored = (await providers.getProviders(cidForDigest(d))).map(String);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(stored).toEqual([a.peerId]);
+    expect(await b.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([a.peerId]);
+  });
+
+  it('stop() during a transfer fails the reader and returns promptly', async () => {
+    const d = fakeDigest('cut off');
+    const blobs = new MemoryBlobs();
+    blobs.setGenerated(d, 512 * 1024 * 1024);
+    const a = await start('stop-a', blobs);
+    const b = await start('stop-b', new MemoryBlobs(), { bootstrap: [a.multiaddrs()[0]!] });
+    await until('connected', () => b.peers().length === 1);
+    const opened = await b.openBlob(a.peerId, d, 0);
+    const reading = readAll(opened!.body).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    await until('transfer running', () => blobs.produced > 4 * 1024 * 1024);
+    const t0 = performance.now();
+    await a.stop();
+    expect(performance.now() - t0).toBeLessThan(5_000);
+    expect(await reading).toBeInstanceOf(Error);
+    await expect(b.openBlob(a.peerId, d, 0)).rejects.toThrow();
+  });
+});

@@ -1,0 +1,48 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+
+/** A bench agent in a child process (bench/agent-child.ts), driven over IPC. */
+export class AgentProcess {
+  private next = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  private constructor(private readonly child: ChildProcess) {
+    child.on('message', (m: { id?: number; result?: unknown; error?: string }) => {
+      if (m.id === undefined) return;
+      const waiter = this.pending.get(m.id);
+      this.pending.delete(m.id);
+      if (m.error !== undefined) waiter?.reject(new Error(m.error));
+      else waiter?.resolve(m.result);
+    });
+  }
+
+  static async start(config: Record<string, unknown>): Promise<AgentProcess> {
+    const child = fork(resolve('bench/agent-child.ts'), [JSON.stringify(config)], {
+      execArgv: ['--import', 'tsx'],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    await new Promise<void>((ok, fail) => {
+      child.once('message', () => ok());
+      child.once('exit', (code) => fail(new Error(`bench agent exited with ${code}`)));
+    });
+    return new AgentProcess(child);
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  call<T>(message: Record<string, unknown>): Promise<T> {
+    const id = this.next++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.child.send({ ...message, id });
+    });
+  }
+
+  async stop(): Promise<void> {
+    const exited = new Promise((r) => this.child.once('exit', r));
+    await this.call({ cmd: 'stop' }).catch(() => undefined);
+    await exited;
+  }
+}
