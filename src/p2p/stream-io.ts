@@ -68,18 +68,35 @@ export class StreamReader {
   }
 
   pause(): void {
+    // A pause asked for while resume() hands over buffered data must wait until resume()
+    // returns: the stream's resume() re-enables window updates after that hand-over, which
+    // would otherwise leave it paused for reading but granting the sender ever more window.
+    if (this.resuming) {
+      this.pauseAfterResume = true;
+      return;
+    }
     if (this.stream.readStatus === 'readable') this.stream.pause();
   }
 
   resume(): void {
-    if (this.stream.readStatus === 'paused') {
-      try {
-        this.stream.resume();
-      } catch {
-        // closed meanwhile: the 'close' handler reports it
-      }
+    if (this.stream.readStatus !== 'paused' || this.resuming) return;
+    this.resuming = true;
+    this.pauseAfterResume = false;
+    try {
+      this.stream.resume();
+    } catch {
+      // closed meanwhile: the 'close' handler reports it
+    } finally {
+      this.resuming = false;
+    }
+    if (this.pauseAfterResume) {
+      this.pauseAfterResume = false;
+      this.pause();
     }
   }
+
+  private resuming = false;
+  private pauseAfterResume = false;
 
   private take(n: number): Uint8Array {
     const out = new Uint8Array(n);
