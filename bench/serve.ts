@@ -66,6 +66,7 @@ try {
   console.log(`  agent RSS peak while serving them: ${sampledPeak.toFixed(0)} MiB (sampled every 25 ms)`);
   console.log(`  agent RSS high-water mark over the whole run (incl. the cache fill): ${memory.peak.toFixed(0)} MiB   (target ≤ 150)`);
 } finally {
+  if (process.env.BENCH_AGENT_LOG) console.error(agent.stderr().slice(0, 3000));
   await agent.close();
   await registry.close();
   await removeTempDir(work);

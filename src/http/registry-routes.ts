@@ -5,7 +5,9 @@ import type { BlobFetcher } from '../fetch/blob-fetcher.js';
 import type { ManifestService } from '../fetch/manifests.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { toRegistryError, type Subject } from './error-mapping.js';
+import type { OutgoingHttpHeaders } from 'node:http';
 import { parseRange } from './range.js';
+import { sendFileRange } from './send-file.js';
 import { parseRegistryPath, type RegistryTarget, type UpstreamNames } from './registry-path.js';
 
 export interface RegistryDeps {
@@ -94,14 +96,33 @@ async function serveBlob(
   const cached = await deps.store.get(digest);
   const blob = cached ?? (await deps.blobs.ensure(target));
   const range = parseRange(headerOf(request, 'range'), blob.size);
-  const stream = await deps.store.createReadStream(digest, range);
-  if (!stream) throw new RegistryError('BLOB_UNKNOWN', 'blob was evicted while being served');
-  if (range) {
-    reply.code(206).header('Content-Range', `bytes ${range.start}-${range.end}/${blob.size}`);
+  const start = range?.start ?? 0;
+  const end = range?.end ?? blob.size - 1;
+  const length = end - start + 1;
+  const lease = deps.store.lease(digest.value);
+  if (range) reply.code(206).header('Content-Range', `bytes ${range.start}-${range.end}/${blob.size}`);
+  reply.header('Content-Length', String(length));
+  // The body is written straight to the socket with reused buffers (see send-file.ts).
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
+  const started = performance.now();
+  try {
+    if (length > 0) await sendFileRange(res, blob.path, start, end);
+    else res.end();
+    if (cached) deps.metrics.blobBytes.inc({ source: 'local' }, length);
+    request.log.info(
+      { method: request.method, url: request.url, status: reply.statusCode, bytes: length, ms: Math.round(performance.now() - started) },
+      'request',
+    );
+  } catch (err) {
+    request.log.info({ url: request.url, err }, 'blob response cut short');
+    res.destroy();
+  } finally {
+    lease.release();
+    void deps.store.touch(digest).catch(() => undefined);
   }
-  const length = range ? range.end - range.start + 1 : blob.size;
-  if (cached) stream.once('end', () => deps.metrics.blobBytes.inc({ source: 'local' }, length));
-  return reply.header('Content-Length', String(length)).send(stream);
+  return reply;
 }
 
 function headerOf(request: FastifyRequest, name: string): string | undefined {

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { RegistryError } from '../oci/errors.js';
 import { registryRoutes, sendError, type RegistryDeps } from './registry-routes.js';
 
-const SOCKET_HIGH_WATER_MARK = Number(process.env.SHOAL_SOCKET_HWM ?? 4 * 1024 * 1024);
+const SOCKET_HIGH_WATER_MARK = 4 * 1024 * 1024;
 
 export interface ServerDeps extends RegistryDeps {
   logger: Logger;

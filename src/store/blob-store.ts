@@ -22,7 +22,7 @@ export interface StoredBlob {
   path: string;
 }
 
-const READ_CHUNK = Number(process.env.SHOAL_READ_CHUNK ?? 1024 * 1024);
+const READ_CHUNK = 1024 * 1024;
 
 /** Readers of a blob keep it from eviction until their stream closes. */
 interface Lease {
@@ -183,7 +183,8 @@ export class BlobStore {
       });
   }
 
-  private lease(digest: string): Lease {
+  /** Keeps a blob from eviction until released (a response reading its file). */
+  lease(digest: string): Lease {
     this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
     let released = false;
     return {

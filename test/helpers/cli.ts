@@ -38,7 +38,8 @@ export async function startAgentProcess(config: Record<string, unknown>): Promis
   };
   const configFile = join(dir, 'agent.config.json');
   await writeFile(configFile, JSON.stringify(full, null, 2));
-  const child = spawn(process.execPath, [CLI, 'agent', '--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const nodeArgs = process.env.SHOAL_AGENT_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, CLI, 'agent', '--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString('utf8')));
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
