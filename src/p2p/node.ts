@@ -224,6 +224,11 @@ export class P2PNode implements BenchDialer {
     await this.announce(digest, cid);
   }
 
+  /** Whether this node advertises `digest` now. */
+  isProviding(digest: string): boolean {
+    return this.provided.has(digest);
+  }
+
   /** Stops advertising `digest` (evicted). Records already at peers expire within hours. */
   async unprovide(digest: string): Promise<void> {
     this.provided.delete(digest);

@@ -236,3 +236,26 @@ describe('a private repository', () => {
     expect(await metric(b, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(0);
   });
 });
+
+describe('eviction', () => {
+  it('stops providing what it evicts, and a peer then gets it elsewhere', async () => {
+    const first = await push('team/evict-a:v1', [1024 * 1024]);
+    const second = await push('team/evict-b:v1', [1024 * 1024]);
+    const a = await startAgent({ registries: registries(), maxSize: '1700KiB' });
+    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(a) } });
+    agents.push(a, b);
+    await waitForPeers(b, 1);
+    await pull(a, 'team/evict-a:v1');
+    expect(a.agent.p2p!.isProviding(first.layerDigests[0]!)).toBe(true);
+    await pull(a, 'team/evict-b:v1');
+    // Over 1700 KiB: the least recently used layer (the first image's) went.
+    for (let i = 0; i < 50 && a.agent.p2p!.isProviding(first.layerDigests[0]!); i++) await sleep(20);
+    expect(await a.agent.store.get(parseDigest(first.layerDigests[0]!))).toBeUndefined();
+    expect(a.agent.p2p!.isProviding(first.layerDigests[0]!)).toBe(false);
+    expect(a.agent.p2p!.isProviding(second.layerDigests[0]!)).toBe(true);
+
+    origin.reset();
+    await pull(b, 'team/evict-a:v1');
+    expect(origin.blobBytes()).toBeGreaterThanOrEqual(first.layerSizes[0]!);
+  });
+});
