@@ -24,7 +24,8 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
   try {
     let position = start;
     while (position <= end) {
-      while (free.length === 0 && !failure) await new Promise<void>((resolve) => (waiting = resolve));
+      while (free.length === 0 && !failure && !res.destroyed) await new Promise<void>((resolve) => (waiting = resolve));
+      if (res.destroyed) failure ??= new Error('client closed the connection');
       if (failure) throw failure;
       const buffer = free.pop()!;
       const want = Math.min(CHUNK, end - position + 1);
@@ -40,8 +41,12 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
     }
     await new Promise<void>((resolve, reject) => {
       if (failure) return reject(failure);
-      res.end(() => resolve());
       res.once('error', reject);
+      res.end((err?: Error | null) => {
+        // A destroyed response calls back too; only a finished one delivered every byte.
+        if (err || !res.writableFinished) reject(err ?? failure ?? new Error('client closed the connection'));
+        else resolve();
+      });
     });
   } finally {
     res.off('close', onClose);
