@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { listenAddress } from './config/load.js';
 import type { Config } from './config/schema.js';
@@ -63,7 +64,10 @@ export class Agent {
       await store.close();
     };
     try {
-      const origin = new OriginSource(upstreams);
+      const origin = new OriginSource(
+        upstreams,
+        config.upstreams.maxRate === undefined ? undefined : new TokenBucket(config.upstreams.maxRate),
+      );
       let planner: SourcePlanner = fixedPlan([origin]);
       let peerBook: PeerBook | undefined;
       if (config.p2p.enabled) {
@@ -91,6 +95,10 @@ export class Agent {
         const p2pLog = logger.child({ part: 'peers' });
         planner = new PeerPlanner({
           swarm: node,
+          self: { id: node.peerId, zone: config.p2p.zone },
+          originFetchers: config.p2p.originFetchers,
+          fetcherTimeoutMs: config.p2p.originFetcherTimeout,
+          fetchWaitMs: config.p2p.originFetchWait,
           book,
           grants,
           origin,
@@ -123,6 +131,9 @@ export class Agent {
       }
       const blobs = new BlobFetcher(store, planner, logger.child({ part: 'fetch' }), {
         bytes: (source, count) => metrics.blobBytes.inc({ source: source.kind }, count),
+        // Announced as soon as an origin download starts, so the zone's other agents wait for
+        // this one instead of going to the origin too.
+        originStarted: (digest) => void p2p?.provide(digest),
         committed: (digest) => void p2p?.provide(digest),
       });
       const manifests = new ManifestService({
@@ -180,7 +191,9 @@ function localBlobs(store: BlobStore, metrics: Metrics, uploadLimit: TokenBucket
       const blob = await store.get(parsed);
       if (!blob || offset > blob.size) return undefined;
       const end = length === undefined ? blob.size - 1 : Math.min(blob.size, offset + length) - 1;
-      const body = await store.createReadStream(parsed, { start: offset, end: Math.max(end, offset - 1) });
+      // An empty range answers "I hold it" (a probe) without touching the file.
+      if (end < offset) return { size: blob.size, body: Readable.from([]) };
+      const body = await store.createReadStream(parsed, { start: offset, end });
       if (!body) return undefined;
       const bytes = end - offset + 1;
       body.once('end', () => metrics.peerUploads.inc(bytes));

@@ -28,6 +28,8 @@ export interface UpstreamsConfig {
   /** ms: connect + response-header timeout for origin requests. */
   timeout: number;
   retries: number;
+  /** Bytes a second downloaded from all origins together; unset = no limit. */
+  maxRate?: number;
   /** Keyed by registry host as clients name it: "docker.io", "ghcr.io", "127.0.0.1:5000". */
   registries: Record<string, RegistryConfig>;
 }
@@ -54,6 +56,12 @@ export interface P2PConfig {
   providerLookupTimeout: number;
   /** ms a peer whose bytes failed verification is left out. */
   penaltyDuration: number;
+  /** Agents of a zone, closest to a blob, that fetch it from the origin; the rest wait for them. */
+  originFetchers: number;
+  /** ms to wait for an origin fetcher to start before fetching from the origin oneself. */
+  originFetcherTimeout: number;
+  /** ms to wait at most for a fetcher that is downloading before fetching oneself. */
+  originFetchWait: number;
 }
 
 export interface Config {
@@ -274,6 +282,7 @@ const upstreamsSchema = z
       .min(0, 'must be an integer from 0 to 10')
       .max(10, 'must be an integer from 0 to 10')
       .default(3),
+    maxRate: sizeSchema('50MiB').optional(),
     // Only when the user names no registries at all is Docker Hub implied.
     registries: registriesSchema.default({ [DOCKER_HUB]: {} }),
   })
@@ -327,6 +336,14 @@ const p2pSchema = z
     maxUploadRate: sizeSchema('100MiB').optional(),
     providerLookupTimeout: durationSchema('1s', { positive: true }).default('1s'),
     penaltyDuration: durationSchema('10m', { positive: true }).default('10m'),
+    originFetchers: z
+      .number()
+      .int('must be an integer from 1 to 16')
+      .min(1, 'must be an integer from 1 to 16')
+      .max(16, 'must be an integer from 1 to 16')
+      .default(1),
+    originFetcherTimeout: durationSchema('3s', { positive: true }).default('3s'),
+    originFetchWait: durationSchema('10m', { positive: true }).default('10m'),
   })
   .strict()
   .transform((p): P2PConfig => {

@@ -11,6 +11,8 @@ export interface FetchObserver {
   /** Bytes that reached the store from a source (counted as written, before verification). */
   bytes?(source: BlobSource, count: number): void;
   failure?(source: BlobSource, error: unknown): void;
+  /** A download from the origin began (its body is about to flow). */
+  originStarted?(digest: string): void;
   /** A blob was verified and committed to the store. */
   committed?(digest: string, size: number): void;
 }
@@ -77,6 +79,7 @@ export class BlobFetcher {
               throw new Error(`declares size ${declared}, another source declared ${size}`);
             }
             contributors.add(source);
+            if (source.kind === 'origin') this.observer.originStarted?.(request.digest.value);
             await this.copy(opened.body, writer, size, source);
             size ??= writer.bytesWritten;
             if (writer.bytesWritten === size) break;

@@ -1,5 +1,6 @@
 import { OriginError } from '../origin/errors.js';
 import type { Upstreams } from '../origin/upstreams.js';
+import { throttle, type TokenBucket } from '../throttle.js';
 import type { BlobRequest, BlobSource, SourceBody } from './source.js';
 
 /** The origin registry as a blob source: the last resort, and the authority. */
@@ -7,14 +8,22 @@ export class OriginSource implements BlobSource {
   readonly name = 'origin';
   readonly kind = 'origin' as const;
 
-  constructor(private readonly upstreams: Upstreams) {}
+  constructor(
+    private readonly upstreams: Upstreams,
+    /** upstreams.maxRate: shared by every origin download, so an uplink keeps room for the rest. */
+    private readonly limit?: TokenBucket,
+  ) {}
 
   async open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined> {
     try {
       const blob = await this.upstreams
         .client(request.registry)
         .getBlob(request.repository, request.digest.value, { offset, signal });
-      return { size: blob.size, body: blob.body };
+      if (!this.limit) return { size: blob.size, body: blob.body };
+      const limited = throttle(this.limit);
+      blob.body.on('error', (err) => limited.destroy(err));
+      limited.on('close', () => blob.body.destroy());
+      return { size: blob.size, body: blob.body.pipe(limited) };
     } catch (err) {
       // "Not found" is an answer, not a failure; anything else (401, outage) is passed on.
       if (err instanceof OriginError && err.kind === 'not-found') return undefined;

@@ -8,7 +8,7 @@ export interface Swarm {
     peerId: string,
     digest: string,
     offset: number,
-    opts?: { signal?: AbortSignal },
+    opts?: { signal?: AbortSignal; length?: number },
   ): Promise<{ size: number; body: Readable } | undefined>;
   peers(): { id: string; zone?: string; rttMs?: number }[];
 }

@@ -22,7 +22,8 @@ import { StreamReader, sendAll } from './stream-io.js';
  * new protocol version.
  */
 
-export const Status = { OK: 0, NOT_FOUND: 1, BUSY: 2, ERROR: 3 } as const;
+/** PENDING (pieces protocol only): the node is fetching the blob and holds no verified piece yet. */
+export const Status = { OK: 0, NOT_FOUND: 1, BUSY: 2, ERROR: 3, PENDING: 4 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 
 export interface BlobRequest {

@@ -15,6 +15,7 @@ import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
 import { Bootstrapper, hostPortKey, parseBootstrapEntry, type Lookup } from './bootstrap.js';
 import { cidForDigest } from './cid.js';
+import { pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
 import {
   DEFAULT_BOOTSTRAP_INTERVAL_MS,
   DEFAULT_MAX_UPLOADS,
@@ -29,6 +30,7 @@ import { readSwarmKey } from './psk.js';
 import { agentVersion, zoneFromAgentVersion } from './zone.js';
 
 export type { LocalBlobs, OpenedBlob } from './blob-protocol.js';
+export type { LocalPieces, PieceInfo } from './piece-protocol.js';
 
 /*
  * Settings, and why:
@@ -64,6 +66,8 @@ interface Services extends Record<string, unknown> {
 export interface P2PStartOptions extends P2POptions {
   logger: Logger;
   blobs: LocalBlobs;
+  /** Piece tables and bitfields served on the pieces protocol; absent: every request is NOT_FOUND. */
+  pieces?: LocalPieces;
   /** DNS lookup used for bootstrap names (tests inject one). */
   lookup?: Lookup;
   /** How long `provide` waits for the announcement to reach DHT peers (default 10 s). */
@@ -80,6 +84,7 @@ export class P2PNode implements BenchDialer {
   readonly peerId: string;
   private readonly log: Logger;
   private readonly protocols: ProtocolIds;
+  private readonly pieceProtocol: string;
   private readonly zones = new Map<string, string>();
   private readonly rtts = new Map<string, number>();
   /** Digests provided locally; those not yet announced to any DHT peer wait in `unannounced`. */
@@ -101,6 +106,7 @@ export class P2PNode implements BenchDialer {
     this.peerId = libp2p.peerId.toString();
     this.log = log;
     this.protocols = protocolIds(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
+    this.pieceProtocol = pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
   }
 
@@ -168,6 +174,12 @@ export class P2PNode implements BenchDialer {
     await libp2p.handle(protocols.blob, blobServer.handle, {
       maxInboundStreams: streamLimit,
       maxOutboundStreams: streamLimit,
+    });
+    // Piece info answers are small and quick: no upload limit, only libp2p's stream cap.
+    const pieceServer = pieceInfoHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), logger: log });
+    await libp2p.handle(pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX), pieceServer, {
+      maxInboundStreams: 256,
+      maxOutboundStreams: 256,
     });
     if (opts.benchProtocol === true) {
       await libp2p.handle(protocols.bench, benchHandler(log), { maxInboundStreams: 64, maxOutboundStreams: 64 });
@@ -296,6 +308,20 @@ export class P2PNode implements BenchDialer {
     });
     const req = opts.length === undefined ? { digest, offset } : { digest, offset, length: opts.length };
     return requestBlob(stream, peerId, req, { ...(opts.signal === undefined ? {} : { signal: opts.signal }), headerTimeoutMs: RESPONSE_TIMEOUT_MS });
+  }
+
+  /**
+   * `digest`'s piece table at `peerId` and the pieces it holds verified. Resolves undefined when
+   * the peer holds none of it; throws BlobProtocolError on a bad answer (an invalid table
+   * included) and libp2p's errors when the peer cannot be reached. The table is the peer's claim:
+   * check pieces against it and the whole blob against its digest.
+   */
+  async pieceInfo(peerId: string, digest: string, opts: { signal?: AbortSignal } = {}): Promise<PieceAnswer> {
+    cidForDigest(digest); // validates the digest
+    const stream = await this.libp2p.dialProtocol(peerIdFromString(peerId), this.pieceProtocol, {
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    });
+    return requestPieceInfo(stream, peerId, digest, { ...(opts.signal === undefined ? {} : { signal: opts.signal }), timeoutMs: RESPONSE_TIMEOUT_MS });
   }
 
   /** Connected peers, with the zone they announced and the last measured round-trip time. */

@@ -1,0 +1,685 @@
+import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { pieceCount, pieceRange, sameTable, validatePieceTable, type PieceTable } from './piece-table.js';
+
+/*
+ * The piece scheduler: downloads one blob's pieces from several providers at once into a temp
+ * file. Peers are untrusted: every piece is checked against the piece table before it is
+ * written (and reported), and the caller still checks the whole blob against its digest.
+ *
+ * Scheduling, and why:
+ * - Rarest first among the providers' bitfields, ties broken at random: a piece only one peer
+ *   has is taken while that peer is still there, and downloaders that see the same bitfields
+ *   pick different pieces, so they can trade them with each other instead of all queueing at
+ *   the same seed (the swarming effect).
+ * - Slots are handed out round-robin by rank (one per peer, then a second, …) so every provider
+ *   works and the best-ranked gets first choice.
+ * - Endgame: once every missing piece someone holds is in flight, idle peers duplicate the
+ *   oldest outstanding requests (at most two per piece) and the first verified copy cancels the
+ *   others, so one slow peer cannot hold up the end of the download.
+ * - Failures back a peer off exponentially; a peer that keeps failing is dropped, one that sends
+ *   a bad piece is dropped at once. Bitfields are re-read every refreshMs because providers are
+ *   downloading too.
+ * - Memory: each request holds at most one piece, and requests are capped per peer and overall.
+ */
+
+export interface PieceSource {
+  /** 'pending': the peer is fetching the blob and has no verified piece yet (treated as none held). */
+  pieceInfo(peerId: string, digest: string, signal: AbortSignal): Promise<{ table: PieceTable; have: boolean[] } | 'pending' | undefined>;
+  openRange(peerId: string, digest: string, offset: number, length: number, signal: AbortSignal): Promise<Readable | undefined>;
+}
+
+export interface SwarmDownloadOptions {
+  digest: string;
+  /** Ranked best first (zone, rtt). */
+  providers: string[];
+  source: PieceSource;
+  /** Temp file; pieces are written at their offsets. */
+  file: FileHandle;
+  /** Known already (e.g. from the store); else taken from the first provider that answers. */
+  table?: PieceTable;
+  /** Pieces already verified in `file` (resume); needs `table`. */
+  have?: boolean[];
+  /** Default 2. */
+  maxInFlightPerPeer?: number;
+  /** Requests in flight over all peers; default 64 MiB worth of pieces (at least 2). */
+  maxInFlight?: number;
+  /** Re-ask providers' bitfields this often (they are downloading too); default 500 ms. */
+  refreshMs?: number;
+  /** A piece request that receives no bytes for this long fails; default 10 s. */
+  pieceIdleTimeoutMs?: number;
+  /** A pieceInfo call that takes longer fails; default 5 s. */
+  infoTimeoutMs?: number;
+  signal: AbortSignal;
+  /** The table was learnt from a provider (not called for `opts.table`). */
+  onTable?(table: PieceTable): void;
+  /** A piece was verified and written. */
+  onPiece?(index: number, bytes: number, peerId: string): void;
+  /** The peer sent a piece that failed its hash, or a table that differs from the trusted one; it is dropped from this download. */
+  onBadPeer?(peerId: string, reason: string): void;
+  onPeerFailed?(peerId: string, error: unknown): void;
+  /** When no provider holds a still-missing piece (and nothing is in flight) for this long, give up; default 3000 ms. */
+  stallMs?: number;
+}
+
+export interface SwarmDownloadResult {
+  /** Undefined only when no provider ever answered with a table (and none was given). */
+  table: PieceTable | undefined;
+  complete: boolean;
+  /** Pieces verified in the file (including those given in `opts.have`). */
+  have: boolean[];
+}
+
+const DEFAULT_MAX_IN_FLIGHT_PER_PEER = 2;
+const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
+const DEFAULT_REFRESH_MS = 500;
+const DEFAULT_STALL_MS = 3000;
+const DEFAULT_PIECE_IDLE_TIMEOUT_MS = 10_000;
+const DEFAULT_INFO_TIMEOUT_MS = 5000;
+/** pieceInfo calls in flight at once (start-up asks every provider). */
+const INFO_CONCURRENCY = 8;
+/** Consecutive failures after which a peer is dropped from the download. */
+const MAX_FAILURES = 3;
+/** Busy answers are not the peer's fault, so they take longer to get it dropped. */
+const MAX_BUSY = 10;
+const BACKOFF_BASE_MS = 200;
+const BACKOFF_MAX_MS = 2000;
+/** Endgame: requests for one piece at once. */
+const MAX_REQUESTS_PER_PIECE = 2;
+
+export async function swarmDownload(opts: SwarmDownloadOptions): Promise<SwarmDownloadResult> {
+  return new SwarmDownload(opts).run();
+}
+
+interface Peer {
+  id: string;
+  bitfield: boolean[] | undefined;
+  inFlight: Map<number, Request>;
+  dropped: boolean;
+  /** Consecutive failures (busy answers excluded), reset by a verified piece. */
+  failures: number;
+  busy: number;
+  /** Grows with every failure, busy included; drives the backoff. */
+  backoffLevel: number;
+  backoffUntil: number;
+  infoBusy: boolean;
+  /** The first pieceInfo call has finished (whatever its outcome). */
+  answered: boolean;
+}
+
+interface Request {
+  peer: Peer;
+  index: number;
+  controller: AbortController;
+  /** Cancelled by the scheduler (endgame loser, peer dropped, download over): not a failure. */
+  cancelled: boolean;
+  startedAt: number;
+}
+
+class PieceTimeoutError extends Error {
+  override readonly name = 'PieceTimeoutError';
+}
+
+class SwarmDownload {
+  private table: PieceTable | undefined;
+  private tableTrusted = false;
+  private have: boolean[] = [];
+  private missing = 0;
+  private readonly peers: Peer[];
+  private readonly requests = new Map<number, Set<Request>>();
+  /** Pieces verified and being written: never requested again. */
+  private readonly writing = new Set<number>();
+  private readonly tasks = new Set<Promise<void>>();
+  private readonly infoQueue: Peer[] = [];
+  private infoActive = 0;
+  private readonly controller = new AbortController();
+  private finished = false;
+  private resolve!: (r: SwarmDownloadResult) => void;
+  private reject!: (err: unknown) => void;
+  private refreshTimer: NodeJS.Timeout | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private wakeAt = Infinity;
+  private readonly maxPerPeer: number;
+  private readonly refreshMs: number;
+  private readonly stallMs: number;
+  private readonly pieceIdleMs: number;
+  private readonly infoTimeoutMs: number;
+
+  constructor(private readonly opts: SwarmDownloadOptions) {
+    this.maxPerPeer = Math.max(1, opts.maxInFlightPerPeer ?? DEFAULT_MAX_IN_FLIGHT_PER_PEER);
+    this.refreshMs = Math.max(10, opts.refreshMs ?? DEFAULT_REFRESH_MS);
+    this.stallMs = Math.max(0, opts.stallMs ?? DEFAULT_STALL_MS);
+    this.pieceIdleMs = opts.pieceIdleTimeoutMs ?? DEFAULT_PIECE_IDLE_TIMEOUT_MS;
+    this.infoTimeoutMs = opts.infoTimeoutMs ?? DEFAULT_INFO_TIMEOUT_MS;
+    this.peers = [...new Set(opts.providers)].map((id) => ({
+      id,
+      bitfield: undefined,
+      inFlight: new Map(),
+      dropped: false,
+      failures: 0,
+      busy: 0,
+      backoffLevel: 0,
+      backoffUntil: 0,
+      infoBusy: false,
+      answered: false,
+    }));
+  }
+
+  async run(): Promise<SwarmDownloadResult> {
+    const { signal } = this.opts;
+    signal.throwIfAborted();
+    if (this.opts.table !== undefined) {
+      this.setTable(validatePieceTable(this.opts.table), true);
+      if (this.opts.have !== undefined) {
+        if (this.opts.have.length !== this.have.length) {
+          throw new Error(`have lists ${this.opts.have.length} pieces, the table ${this.have.length}`);
+        }
+        this.have = this.opts.have.map((h) => h === true);
+        this.missing = this.have.filter((h) => !h).length;
+      }
+      if (this.missing === 0) return this.result(true);
+    } else if (this.opts.have !== undefined) {
+      throw new Error('swarmDownload: `have` needs the `table` it refers to');
+    }
+
+    const done = new Promise<SwarmDownloadResult>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    const onAbort = (): void => this.fail(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      for (const peer of this.peers) this.queueInfo(peer);
+      this.refreshTimer = setInterval(() => this.refresh(), this.refreshMs);
+      this.evaluate();
+      return await done;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      this.finished = true;
+      clearInterval(this.refreshTimer);
+      clearTimeout(this.stallTimer);
+      clearTimeout(this.wakeTimer);
+      for (const set of this.requests.values()) for (const req of set) this.cancel(req);
+      this.controller.abort(new Error('swarm download over'));
+      // No write may land in the file after we return: the caller closes or renames it.
+      while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
+    }
+  }
+
+  // --- state transitions -----------------------------------------------------------------------
+
+  private setTable(table: PieceTable, trusted: boolean): void {
+    this.table = table;
+    this.tableTrusted = trusted;
+    this.have = new Array<boolean>(pieceCount(table)).fill(false);
+    this.missing = this.have.length;
+  }
+
+  private result(complete: boolean): SwarmDownloadResult {
+    return { table: this.table, complete, have: [...this.have] };
+  }
+
+  private finish(complete: boolean): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.resolve(this.result(complete));
+  }
+
+  private fail(err: unknown): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.reject(err);
+  }
+
+  /** Runs after every event: finishes, hands out requests, watches for a stall. */
+  private evaluate(): void {
+    if (this.finished) return;
+    if (this.table !== undefined && this.missing === 0 && this.writing.size === 0) {
+      this.finish(true);
+      return;
+    }
+    if (this.peers.every((p) => p.dropped) && this.writing.size === 0) {
+      this.finish(false); // every provider is gone (or none was given)
+      return;
+    }
+    this.schedule();
+    this.watchStall();
+  }
+
+  private watchStall(): void {
+    if (!this.isIdle()) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = undefined;
+      return;
+    }
+    if (this.stallTimer !== undefined) return;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      if (this.isIdle()) this.finish(false);
+      else this.evaluate();
+    }, this.stallMs);
+  }
+
+  /** Nothing in flight, no first answer awaited, and no remaining provider holds a missing piece. */
+  private isIdle(): boolean {
+    if (this.requests.size > 0 || this.writing.size > 0) return false;
+    for (const peer of this.peers) {
+      if (peer.dropped) continue;
+      if (!peer.answered) return false;
+      if (this.holdsMissing(peer)) return false;
+    }
+    return true;
+  }
+
+  private holdsMissing(peer: Peer): boolean {
+    const bits = peer.bitfield;
+    if (bits === undefined || this.table === undefined) return false;
+    for (let i = 0; i < this.have.length; i++) if (bits[i] === true && !this.have[i]) return true;
+    return false;
+  }
+
+  private dropPeer(peer: Peer): void {
+    if (peer.dropped) return;
+    peer.dropped = true;
+    for (const req of [...peer.inFlight.values()]) this.cancel(req);
+  }
+
+  private badPeer(peer: Peer, reason: string): void {
+    if (peer.dropped) return;
+    this.emit(() => this.opts.onBadPeer?.(peer.id, reason));
+    this.dropPeer(peer);
+  }
+
+  private peerFailed(peer: Peer, error: unknown): void {
+    if (peer.dropped) return;
+    this.emit(() => this.opts.onPeerFailed?.(peer.id, error));
+    const busy = (error as { name?: unknown } | undefined)?.name === 'PeerBusyError';
+    if (busy) peer.busy++;
+    else peer.failures++;
+    if (peer.failures >= MAX_FAILURES || peer.busy >= MAX_BUSY) {
+      this.dropPeer(peer);
+      return;
+    }
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** peer.backoffLevel);
+    peer.backoffLevel++;
+    peer.backoffUntil = Date.now() + delay;
+    this.scheduleWake(peer.backoffUntil);
+  }
+
+  private scheduleWake(at: number): void {
+    if (this.wakeTimer !== undefined && this.wakeAt <= at) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = undefined;
+      this.wakeAt = Infinity;
+      this.evaluate();
+    }, Math.max(0, at - Date.now()));
+  }
+
+  /** Callbacks are the caller's: one that throws must not derail the download. */
+  private emit(fn: () => void): void {
+    try {
+      fn();
+    } catch {
+      // ignored by contract
+    }
+  }
+
+  private track(fn: () => Promise<void>): void {
+    const task: Promise<void> = fn()
+      .catch((err: unknown) => this.fail(err)) // a bug here, not a peer fault
+      .finally(() => this.tasks.delete(task));
+    this.tasks.add(task);
+  }
+
+  // --- piece info ------------------------------------------------------------------------------
+
+  private queueInfo(peer: Peer): void {
+    if (peer.infoBusy || peer.dropped || this.finished) return;
+    peer.infoBusy = true;
+    this.infoQueue.push(peer);
+    this.pumpInfo();
+  }
+
+  private pumpInfo(): void {
+    while (this.infoActive < INFO_CONCURRENCY && this.infoQueue.length > 0) {
+      const peer = this.infoQueue.shift()!;
+      if (peer.dropped || this.finished) {
+        peer.infoBusy = false;
+        continue;
+      }
+      this.infoActive++;
+      this.track(() => this.askInfo(peer));
+    }
+  }
+
+  private async askInfo(peer: Peer): Promise<void> {
+    let info: Awaited<ReturnType<PieceSource['pieceInfo']>>;
+    let error: unknown;
+    let failed = false;
+    const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(this.infoTimeoutMs)]);
+    try {
+      info = await untilAborted(this.opts.source.pieceInfo(peer.id, this.opts.digest, signal), signal);
+    } catch (err) {
+      failed = true;
+      error = err;
+    } finally {
+      this.infoActive--;
+      peer.infoBusy = false;
+      peer.answered = true;
+    }
+    if (this.finished) return;
+    if (failed) this.peerFailed(peer, error);
+    else this.acceptInfo(peer, info);
+    this.pumpInfo();
+    this.evaluate();
+  }
+
+  private acceptInfo(peer: Peer, info: { table: PieceTable; have: boolean[] } | 'pending' | undefined): void {
+    if (peer.dropped) return;
+    if (info === undefined || info === 'pending') {
+      peer.bitfield = undefined; // holds nothing of it (yet)
+      return;
+    }
+    let table: PieceTable;
+    try {
+      table = validatePieceTable(info.table);
+    } catch (err) {
+      this.badPeer(peer, `invalid piece table: ${(err as Error).message}`);
+      return;
+    }
+    if (!Array.isArray(info.have) || info.have.length !== pieceCount(table)) {
+      this.badPeer(peer, 'bitfield does not match its piece table');
+      return;
+    }
+    if (this.table === undefined) {
+      this.setTable(table, false);
+      this.emit(() => this.opts.onTable?.(table));
+    } else if (!sameTable(this.table, table)) {
+      // Tables are a pure function of the bytes, so two tables for one digest cannot both be
+      // right. Against a trusted table the peer is lying; against another peer's, either may be.
+      if (this.tableTrusted) this.badPeer(peer, 'piece table differs from the known one');
+      else {
+        this.emit(() => this.opts.onPeerFailed?.(peer.id, new Error('piece table differs from the one in use')));
+        this.dropPeer(peer);
+      }
+      return;
+    }
+    peer.bitfield = info.have.map((h) => h === true);
+  }
+
+  /** Re-reads bitfields that may still gain pieces we miss. */
+  private refresh(): void {
+    if (this.finished) return;
+    const now = Date.now();
+    for (const peer of this.peers) {
+      if (peer.dropped || peer.infoBusy || now < peer.backoffUntil) continue;
+      if (this.table !== undefined && peer.bitfield !== undefined && this.coversMissing(peer.bitfield)) continue;
+      this.queueInfo(peer);
+    }
+    this.evaluate();
+  }
+
+  private coversMissing(bits: boolean[]): boolean {
+    for (let i = 0; i < this.have.length; i++) if (!this.have[i] && bits[i] !== true) return false;
+    return true;
+  }
+
+  // --- scheduling ------------------------------------------------------------------------------
+
+  private inFlightTotal(): number {
+    let n = 0;
+    for (const set of this.requests.values()) n += set.size;
+    return n;
+  }
+
+  private schedule(): void {
+    const table = this.table;
+    if (table === undefined) return;
+    const maxTotal = this.opts.maxInFlight ?? Math.max(2, Math.floor(MAX_BUFFERED_BYTES / table.pieceSize));
+    let total = this.inFlightTotal();
+    if (total >= maxTotal) return;
+
+    const now = Date.now();
+    const holders = this.peers.filter((p) => !p.dropped && p.bitfield !== undefined);
+    const usable = holders.filter((p) => now >= p.backoffUntil);
+    if (usable.length === 0) return;
+
+    // Availability among the remaining providers (backed-off ones still hold their pieces).
+    const avail = new Uint16Array(this.have.length);
+    for (const p of holders) {
+      const bits = p.bitfield!;
+      for (let i = 0; i < avail.length; i++) if (bits[i] === true) avail[i]!++;
+    }
+    const keyed: { i: number; a: number; r: number }[] = [];
+    for (let i = 0; i < avail.length; i++) {
+      if (!this.have[i] && !this.writing.has(i) && !this.requests.has(i) && avail[i]! > 0) keyed.push({ i, a: avail[i]!, r: Math.random() });
+    }
+    keyed.sort((x, y) => x.a - y.a || x.r - y.r);
+    const candidates = keyed.map((k) => k.i);
+
+    for (let level = 0; level < this.maxPerPeer; level++) {
+      for (const peer of usable) {
+        if (total >= maxTotal) return;
+        if (peer.inFlight.size > level) continue;
+        const bits = peer.bitfield!;
+        const at = candidates.findIndex((i) => bits[i] === true);
+        if (at >= 0) {
+          this.start(peer, candidates[at]!);
+          candidates.splice(at, 1);
+          total++;
+          continue;
+        }
+        // Endgame only once nothing un-requested is left that anyone could serve.
+        if (candidates.length > 0) continue;
+        const dup = this.endgamePick(peer);
+        if (dup !== undefined) {
+          this.start(peer, dup);
+          total++;
+        }
+      }
+    }
+  }
+
+  /** The in-flight piece this peer could duplicate: fewest requests, then the oldest. */
+  private endgamePick(peer: Peer): number | undefined {
+    const bits = peer.bitfield!;
+    let best: number | undefined;
+    let bestCount = Infinity;
+    let bestStart = Infinity;
+    for (const [i, set] of this.requests) {
+      if (bits[i] !== true || peer.inFlight.has(i) || this.writing.has(i) || set.size >= MAX_REQUESTS_PER_PIECE) continue;
+      let oldest = Infinity;
+      for (const r of set) oldest = Math.min(oldest, r.startedAt);
+      if (set.size < bestCount || (set.size === bestCount && oldest < bestStart)) {
+        best = i;
+        bestCount = set.size;
+        bestStart = oldest;
+      }
+    }
+    return best;
+  }
+
+  private start(peer: Peer, index: number): void {
+    const req: Request = { peer, index, controller: new AbortController(), cancelled: false, startedAt: Date.now() };
+    peer.inFlight.set(index, req);
+    let set = this.requests.get(index);
+    if (set === undefined) this.requests.set(index, (set = new Set()));
+    set.add(req);
+    this.track(() => this.fetchPiece(req));
+  }
+
+  private cancel(req: Request): void {
+    req.cancelled = true;
+    req.controller.abort(new Error('piece request cancelled'));
+  }
+
+  private release(req: Request): void {
+    if (req.peer.inFlight.get(req.index) === req) req.peer.inFlight.delete(req.index);
+    const set = this.requests.get(req.index);
+    if (set !== undefined) {
+      set.delete(req);
+      if (set.size === 0) this.requests.delete(req.index);
+    }
+  }
+
+  // --- one piece -------------------------------------------------------------------------------
+
+  private async fetchPiece(req: Request): Promise<void> {
+    const { peer, index } = req;
+    const { start, end } = pieceRange(this.table!, index);
+    const length = end - start;
+    const signal = req.controller.signal;
+    // Idle timeout: a peer that stops sending fails the request (and the piece goes elsewhere).
+    let idle: NodeJS.Timeout | undefined;
+    const touch = (): void => {
+      clearTimeout(idle);
+      idle = setTimeout(() => req.controller.abort(new PieceTimeoutError(`no data for piece ${index} in ${this.pieceIdleMs} ms`)), this.pieceIdleMs);
+    };
+    touch();
+
+    let bytes: Buffer | undefined;
+    let notHeld = false;
+    let error: unknown;
+    let failed = false;
+    try {
+      const body = await untilAborted(this.opts.source.openRange(peer.id, this.opts.digest, start, length, signal), signal, (late) => late?.destroy());
+      if (body === undefined) notHeld = true;
+      else bytes = await readPiece(body, length, signal, touch);
+    } catch (err) {
+      failed = true;
+      // On our own abort (a timeout) the stream's error may just say "aborted": keep the cause.
+      error = signal.aborted ? signal.reason : err;
+    } finally {
+      clearTimeout(idle);
+    }
+
+    if (this.finished || req.cancelled) {
+      this.release(req);
+      return;
+    }
+    if (failed || notHeld) {
+      this.release(req);
+      if (notHeld && peer.bitfield !== undefined) peer.bitfield[index] = false; // stale until the next refresh
+      this.peerFailed(peer, failed ? error : new Error(`peer does not hold piece ${index}`));
+      this.evaluate();
+      return;
+    }
+    const hash = createHash('sha256').update(bytes!).digest('hex');
+    if (hash !== this.table!.hashes[index]) {
+      this.release(req);
+      this.badPeer(peer, `piece ${index} failed its sha256 check`);
+      this.evaluate();
+      return;
+    }
+    if (this.have[index] || this.writing.has(index)) {
+      this.release(req); // another copy won
+      this.evaluate();
+      return;
+    }
+
+    // This copy wins: cancel the endgame duplicates, then write.
+    this.writing.add(index);
+    for (const other of [...(this.requests.get(index) ?? [])]) if (other !== req) this.cancel(other);
+    peer.failures = 0;
+    peer.busy = 0;
+    peer.backoffLevel = 0;
+    try {
+      await writeFully(this.opts.file, bytes!, start);
+    } catch (err) {
+      this.writing.delete(index);
+      this.release(req);
+      this.fail(err);
+      return;
+    }
+    this.writing.delete(index);
+    this.release(req);
+    if (this.finished) return;
+    this.have[index] = true;
+    this.missing--;
+    this.emit(() => this.opts.onPiece?.(index, length, peer.id));
+    this.evaluate();
+  }
+}
+
+/** Positional write of the whole buffer (a write may in principle take fewer bytes than asked). */
+async function writeFully(file: FileHandle, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.byteLength) {
+    const { bytesWritten } = await file.write(buf, done, buf.byteLength - done, position + done);
+    if (!(bytesWritten > 0)) throw new Error(`file write at ${position + done} wrote nothing`);
+    done += bytesWritten;
+  }
+}
+
+/**
+ * Reads exactly `length` bytes into one buffer. The body is destroyed when `signal` aborts and
+ * after the read (either way), which resets a peer stream that has more to send.
+ */
+async function readPiece(body: Readable, length: number, signal: AbortSignal, onData: () => void): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let got = 0;
+  const onAbort = (): void => {
+    body.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+  };
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    for await (const chunk of body as AsyncIterable<Uint8Array | string>) {
+      if (typeof chunk === 'string') throw new Error('piece body yielded a string');
+      if (got + chunk.byteLength > length) throw new Error(`peer sent more than the piece's ${length} bytes`);
+      buf.set(chunk, got);
+      got += chunk.byteLength;
+      onData();
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    body.destroy();
+  }
+  signal.throwIfAborted();
+  if (got !== length) throw new Error(`piece body ended after ${got} of ${length} bytes`);
+  return buf;
+}
+
+/**
+ * `promise`, or a rejection as soon as `signal` aborts (sources are not trusted to honour it).
+ * A value that arrives after the abort goes to `late` (to close a stream nobody will read).
+ */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal, late?: (value: T) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const onAbort = (): void => {
+      if (settled) return;
+      settled = true;
+      reject(signal.reason);
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        if (settled) {
+          if (late !== undefined) {
+            try {
+              late(value);
+            } catch {
+              // nothing more to do with it
+            }
+          }
+          return;
+        }
+        settled = true;
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        if (settled) return;
+        settled = true;
+        reject(err);
+      },
+    );
+  });
+}

@@ -1,0 +1,222 @@
+import type { Connection, Stream } from '@libp2p/interface';
+import type { Logger } from 'pino';
+import { decodeBitfield, encodeBitfield, pieceCount, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
+import { tryParseDigest } from '../oci/digest.js';
+import { encodeError, Status } from './blob-protocol.js';
+import { DEFAULT_PROTOCOL_PREFIX, protocolIds } from './config.js';
+import { BlobProtocolError } from './errors.js';
+import { StreamReader, sendAll } from './stream-io.js';
+
+/*
+ * Wire format of `${prefix}/pieces/1.0.0` (one request per stream):
+ *
+ *   request   u32be n | n bytes of UTF-8 JSON {"digest": "sha256:…"}
+ *             then the requester closes its writable end.
+ *   response  u8 status
+ *               0 OK         u32be n | n bytes of UTF-8 JSON piece table {size, pieceSize, hashes}
+ *                            | ceil(pieces / 8) bytes of bitfield (the pieces the server holds
+ *                              verified, most significant bit first; all set for a whole blob)
+ *               1 NOT_FOUND  (nothing follows)
+ *               3 ERROR      u16be n | n bytes of UTF-8 message
+ *
+ * Status codes are the blob protocol's. The bitfield's length follows from the table, so it needs
+ * no length of its own. Piece bytes travel over the blob protocol as ranges.
+ */
+
+export function pieceProtocolId(prefix = DEFAULT_PROTOCOL_PREFIX): string {
+  // protocolIds validates and normalises the prefix; the pieces id sits beside the blob id.
+  return protocolIds(prefix).blob.replace(/\/blob\/1\.0\.0$/, '/pieces/1.0.0');
+}
+
+/** What this node holds of a blob, for the pieces protocol (implemented by the agent over its store). */
+export interface LocalPieces {
+  /**
+   * The blob's table and which pieces are held verified; 'pending' while it is being fetched
+   * with no verified piece yet (the asker should wait rather than go to the origin);
+   * undefined when nothing of it is held.
+   */
+  info(digest: string): Promise<PieceAnswer>;
+}
+
+/** What a node answers about a blob: its pieces, that it is fetching it, or nothing. */
+export type PieceAnswer = PieceInfo | 'pending' | undefined;
+
+export interface PieceInfo {
+  table: PieceTable;
+  have: boolean[];
+}
+
+const MAX_REQUEST_BYTES = 4096;
+/**
+ * Longest table accepted: 1024 hashes of 64 hex characters with quotes and commas are ~68 KiB,
+ * plus two numbers. Anything longer is not a valid table.
+ */
+export const MAX_TABLE_BYTES = 128 * 1024;
+const REQUEST_TIMEOUT_MS = 10_000;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+function withLength32(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(4 + bytes.byteLength);
+  new DataView(out.buffer).setUint32(0, bytes.byteLength);
+  out.set(bytes, 4);
+  return out;
+}
+
+export function encodePieceInfo(info: PieceInfo): Uint8Array {
+  const count = pieceCount(info.table);
+  if (info.have.length !== count) throw new Error(`have lists ${info.have.length} pieces, the table ${count}`);
+  const table = encoder.encode(JSON.stringify({ size: info.table.size, pieceSize: info.table.pieceSize, hashes: info.table.hashes }));
+  const bits = encodeBitfield((i) => info.have[i] === true, count);
+  const out = new Uint8Array(1 + 4 + table.byteLength + bits.byteLength);
+  out[0] = Status.OK;
+  out.set(withLength32(table), 1);
+  out.set(bits, 5 + table.byteLength);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving side
+
+export interface PieceServerOptions {
+  /** Absent: every request is answered NOT_FOUND. */
+  pieces?: LocalPieces;
+  logger: Logger;
+}
+
+/** Handler for inbound pieces streams. Answers are small (≤ ~70 KiB), so no upload limit applies. */
+export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, connection: Connection) => Promise<void> {
+  const log = opts.logger;
+  const finish = async (stream: Stream, bytes: Uint8Array): Promise<void> => {
+    await sendAll(stream, bytes);
+    await stream.close();
+  };
+  return async (stream, connection) => {
+    const peer = connection.remotePeer.toString();
+    const reader = new StreamReader(stream, MAX_REQUEST_BYTES + 4);
+    try {
+      const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
+      const n = new DataView((await reader.readExactly(4, signal)).buffer).getUint32(0);
+      if (n > MAX_REQUEST_BYTES) throw new BlobProtocolError(`request of ${n} bytes is too long`);
+      const digest = parseRequest(await reader.readExactly(n, signal));
+      reader.dispose();
+      if (digest === undefined) {
+        await finish(stream, encodeError('invalid request'));
+        return;
+      }
+      let info: PieceAnswer;
+      try {
+        info = opts.pieces === undefined ? undefined : await opts.pieces.info(digest);
+      } catch (err) {
+        log.warn({ peer, digest, err }, 'p2p piece info failed');
+        await finish(stream, encodeError('could not read piece info'));
+        return;
+      }
+      if (info === undefined) {
+        await finish(stream, Uint8Array.of(Status.NOT_FOUND));
+        return;
+      }
+      if (info === 'pending') {
+        await finish(stream, Uint8Array.of(Status.PENDING));
+        return;
+      }
+      let answer: Uint8Array;
+      try {
+        answer = encodePieceInfo(info);
+      } catch (err) {
+        log.warn({ peer, digest, err }, 'p2p local piece info is inconsistent');
+        await finish(stream, encodeError('inconsistent piece info'));
+        return;
+      }
+      await finish(stream, answer);
+    } catch (err) {
+      log.debug({ peer, err }, 'p2p piece info request failed');
+      if (stream.status === 'open') stream.abort(err as Error);
+    } finally {
+      reader.dispose();
+    }
+  };
+}
+
+/** The digest of a request, or undefined when it is malformed. */
+function parseRequest(json: Uint8Array): string | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(decoder.decode(json));
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { digest } = value as Record<string, unknown>;
+  // The digest goes to the store: only a well-formed one may pass.
+  return typeof digest === 'string' && tryParseDigest(digest) !== undefined ? digest : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requesting side
+
+/**
+ * Sends a pieces request on an open stream and reads the answer. Resolves undefined on NOT_FOUND;
+ * throws BlobProtocolError on ERROR, a malformed answer or an invalid table (the table is a
+ * peer's claim: pieces are checked against it, the whole blob against its digest). The stream is
+ * reset on failure. `timeoutMs` bounds the whole exchange.
+ */
+export async function requestPieceInfo(
+  stream: Stream,
+  peerId: string,
+  digest: string,
+  opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+): Promise<PieceAnswer> {
+  const reader = new StreamReader(stream, MAX_TABLE_BYTES + 4096);
+  const signals = [
+    ...(opts.timeoutMs === undefined ? [] : [AbortSignal.timeout(opts.timeoutMs)]),
+    ...(opts.signal === undefined ? [] : [opts.signal]),
+  ];
+  const signal = AbortSignal.any(signals);
+  try {
+    await sendAll(stream, withLength32(encoder.encode(JSON.stringify({ digest }))), signal);
+    await stream.close({ signal });
+    const status = (await reader.readExactly(1, signal))[0];
+    switch (status) {
+      case Status.OK: {
+        const n = new DataView((await reader.readExactly(4, signal)).buffer).getUint32(0);
+        if (n > MAX_TABLE_BYTES) throw new BlobProtocolError(`piece table of ${n} bytes is too long`, peerId);
+        let table: PieceTable;
+        try {
+          table = validatePieceTable(JSON.parse(decoder.decode(await reader.readExactly(n, signal))));
+        } catch (err) {
+          if (err instanceof BlobProtocolError || signal.aborted) throw err;
+          throw new BlobProtocolError(`bad piece table: ${(err as Error).message}`, peerId);
+        }
+        const count = pieceCount(table);
+        const bits = await reader.readExactly(Math.ceil(count / 8), signal);
+        let have: boolean[];
+        try {
+          have = decodeBitfield(bits, count);
+        } catch (err) {
+          throw new BlobProtocolError(`bad bitfield: ${(err as Error).message}`, peerId);
+        }
+        reader.dispose();
+        return { table, have };
+      }
+      case Status.NOT_FOUND:
+        reader.dispose();
+        return undefined;
+      case Status.PENDING:
+        reader.dispose();
+        return 'pending';
+      case Status.ERROR: {
+        const n = new DataView((await reader.readExactly(2, signal)).buffer).getUint16(0);
+        const message = decoder.decode(await reader.readExactly(n, signal));
+        throw new BlobProtocolError(`error: ${message}`, peerId);
+      }
+      default:
+        throw new BlobProtocolError(`unknown status ${status}`, peerId);
+    }
+  } catch (err) {
+    reader.dispose();
+    if (stream.status === 'open') stream.abort(err instanceof Error ? err : new Error(String(err)));
+    throw err;
+  }
+}
