@@ -8,7 +8,9 @@ import { BlobFetcher } from './fetch/blob-fetcher.js';
 import { Grants } from './fetch/grants.js';
 import { ManifestService } from './fetch/manifests.js';
 import { OriginSource } from './fetch/origin-source.js';
+import { Partials } from './fetch/partials.js';
 import { PeerPlanner } from './fetch/peer-planner.js';
+import { PieceTables } from './fetch/piece-tables.js';
 import { fixedPlan, type SourcePlanner } from './fetch/source.js';
 import { buildServer } from './http/server.js';
 import { createLogger } from './log.js';
@@ -69,6 +71,10 @@ export class Agent {
         config.upstreams.maxRate === undefined ? undefined : new TokenBucket(config.upstreams.maxRate),
       );
       let planner: SourcePlanner = fixedPlan([origin]);
+      const partials = new Partials(join(config.storage.dir, 'tmp'));
+      const pieceTables = new PieceTables(store);
+      /** Digests this agent is fetching from the origin now: it answers PENDING for them. */
+      const fromOrigin = new Set<string>();
       let peerBook: PeerBook | undefined;
       if (config.p2p.enabled) {
         p2p = await P2PNode.start({
@@ -84,9 +90,19 @@ export class Agent {
           logger,
           blobs: localBlobs(
             store,
+            partials,
             metrics,
             config.p2p.maxUploadRate === undefined ? undefined : new TokenBucket(config.p2p.maxUploadRate),
           ),
+          pieces: {
+            async info(digest) {
+              const table = await pieceTables.get(digest);
+              if (table) return { table, have: new Array<boolean>(table.hashes.length).fill(true) };
+              const partial = partials.get(digest);
+              if (partial?.table && partial.have.some(Boolean)) return { table: partial.table, have: [...partial.have] };
+              return partial || fromOrigin.has(digest) ? 'pending' : undefined;
+            },
+          },
         });
         const node = p2p;
         metrics.peerCount = () => node.peers().length;
@@ -101,6 +117,7 @@ export class Agent {
           fetchWaitMs: config.p2p.originFetchWait,
           book,
           grants,
+          partials,
           origin,
           originAllows: async ({ registry, repository, digest }) => {
             try {
@@ -114,15 +131,23 @@ export class Agent {
           lookupTimeoutMs: config.p2p.providerLookupTimeout,
           logger: p2pLog,
           events: {
-            failed: (peer, reason) => {
+            peerFailed: (peer, error) => {
               book.failed(peer);
-              metrics.peerFailures.inc({ reason });
+              metrics.peerFailures.inc({ reason: reasonOf(error) });
+            },
+            badPeer: (peer, reason) => {
+              book.penalise(peer);
+              metrics.peerFailures.inc({ reason: 'verification' });
+              p2pLog.warn({ peer, reason }, 'peer sent a piece that failed verification: dropped and penalised');
             },
             penalised: (peer, reason) => {
               book.penalise(peer);
               metrics.peerFailures.inc({ reason: 'verification' });
               p2pLog.warn({ peer, reason }, 'peer sent bytes that failed verification: penalised');
             },
+            piece: () => undefined,
+            bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
+            firstPiece: (digest) => void node.provide(digest),
             transferred: (seconds) => metrics.peerTransfer.observe(seconds),
             lookup: (seconds, found) => metrics.providerLookup.observe({ result: found > 0 ? 'found' : 'none' }, seconds),
           },
@@ -130,10 +155,14 @@ export class Agent {
         void provideAll(store, node, logger);
       }
       const blobs = new BlobFetcher(store, planner, logger.child({ part: 'fetch' }), {
-        bytes: (source, count) => metrics.blobBytes.inc({ source: source.kind }, count),
+        bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
         // Announced as soon as an origin download starts, so the zone's other agents wait for
         // this one instead of going to the origin too.
-        originStarted: (digest) => void p2p?.provide(digest),
+        originStarted: (digest) => {
+          fromOrigin.add(digest);
+          void p2p?.provide(digest);
+        },
+        finished: (digest) => fromOrigin.delete(digest),
         committed: (digest) => void p2p?.provide(digest),
       });
       const manifests = new ManifestService({
@@ -183,27 +212,46 @@ export class Agent {
 }
 
 /** The store as peers see it: only committed (verified) blobs exist there. */
-function localBlobs(store: BlobStore, metrics: Metrics, uploadLimit: TokenBucket | undefined): LocalBlobs {
+/**
+ * The store as peers see it: committed (verified) blobs, and the verified pieces of blobs
+ * still being assembled.
+ */
+function localBlobs(store: BlobStore, partials: Partials, metrics: Metrics, uploadLimit: TokenBucket | undefined): LocalBlobs {
   return {
     async open(digest, offset, length) {
       const parsed = tryParseDigest(digest);
       if (!parsed) return undefined;
       const blob = await store.get(parsed);
-      if (!blob || offset > blob.size) return undefined;
+      if (!blob) {
+        const piece = partials.read(digest, offset, length);
+        return limit(piece, piece ? Math.min(length ?? piece.size, piece.size - offset) : 0);
+      }
+      if (offset > blob.size) return undefined;
       const end = length === undefined ? blob.size - 1 : Math.min(blob.size, offset + length) - 1;
       // An empty range answers "I hold it" (a probe) without touching the file.
       if (end < offset) return { size: blob.size, body: Readable.from([]) };
       const body = await store.createReadStream(parsed, { start: offset, end });
       if (!body) return undefined;
-      const bytes = end - offset + 1;
-      body.once('end', () => metrics.peerUploads.inc(bytes));
-      if (!uploadLimit) return { size: blob.size, body };
-      const limited = throttle(uploadLimit);
-      body.on('error', (err) => limited.destroy(err));
-      limited.on('close', () => body.destroy());
-      return { size: blob.size, body: body.pipe(limited) };
+      return limit({ size: blob.size, body }, end - offset + 1);
     },
   };
+
+  /** Counts what peers take, and holds uploads to p2p.maxUploadRate. */
+  function limit(opened: { size: number; body: Readable } | undefined, bytes: number) {
+    if (!opened) return undefined;
+    const { body } = opened;
+    body.once('end', () => metrics.peerUploads.inc(bytes));
+    if (!uploadLimit) return opened;
+    const limited = throttle(uploadLimit);
+    body.on('error', (err) => limited.destroy(err));
+    limited.on('close', () => body.destroy());
+    return { size: opened.size, body: body.pipe(limited) };
+  }
+}
+
+function reasonOf(err: unknown): string {
+  const name = (err as { name?: unknown } | undefined)?.name;
+  return typeof name === 'string' && name !== 'Error' ? name : 'error';
 }
 
 /** Every blob held is announced at start-up, so a restarted agent seeds at once. */

@@ -9,10 +9,12 @@ import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
 
 export interface FetchObserver {
   /** Bytes that reached the store from a source (counted as written, before verification). */
-  bytes?(source: BlobSource, count: number): void;
+  bytes?(kind: 'peer' | 'origin', count: number): void;
   failure?(source: BlobSource, error: unknown): void;
   /** A download from the origin began (its body is about to flow). */
   originStarted?(digest: string): void;
+  /** A download ended, committed or not. */
+  finished?(digest: string): void;
   /** A blob was verified and committed to the store. */
   committed?(digest: string, size: number): void;
 }
@@ -49,8 +51,12 @@ export class BlobFetcher {
     const stored = await this.store.get(request.digest);
     if (stored) return stored;
     return this.flights.run(request.digest.value, async () => {
-      // Another flight may have committed it between our check and now.
-      return (await this.store.get(request.digest)) ?? this.download(request);
+      try {
+        // Another flight may have committed it between our check and now.
+        return (await this.store.get(request.digest)) ?? (await this.download(request));
+      } finally {
+        this.observer.finished?.(request.digest.value);
+      }
     });
   }
 
@@ -140,7 +146,7 @@ export class BlobFetcher {
         batched = 0;
         inflight = inflight.then(async () => {
           await writer.write(chunks);
-          this.observer.bytes?.(source, bytes);
+          if (!source.countsOwnBytes) this.observer.bytes?.(source.kind, bytes);
         });
         return inflight;
       };

@@ -14,6 +14,28 @@ export class OriginSource implements BlobSource {
     private readonly limit?: TokenBucket,
   ) {}
 
+  /** Exactly `length` bytes from `offset` (a missing piece), or an error. */
+  async readRange(request: BlobRequest, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+    const blob = await this.upstreams
+      .client(request.registry)
+      .getBlob(request.repository, request.digest.value, { offset, length, signal });
+    const out = Buffer.allocUnsafe(length);
+    let filled = 0;
+    try {
+      for await (const chunk of blob.body as AsyncIterable<Buffer>) {
+        const take = Math.min(chunk.length, length - filled);
+        if (this.limit) await this.limit.take(take);
+        chunk.copy(out, filled, 0, take);
+        filled += take;
+        if (filled === length) break;
+      }
+    } finally {
+      blob.body.destroy();
+    }
+    if (filled !== length) throw new Error(`origin sent ${filled} of ${length} bytes from ${offset}`);
+    return out;
+  }
+
   async open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined> {
     try {
       const blob = await this.upstreams

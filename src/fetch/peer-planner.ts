@@ -1,9 +1,26 @@
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { closestPeers } from '../p2p/closest.js';
 import type { PeerBook } from '../p2p/peer-book.js';
 import type { Grants } from './grants.js';
-import { PeerSource, type PeerSourceEvents, type Swarm } from './peer-source.js';
+import type { Partials } from './partials.js';
+import type { PieceTable } from './piece-table.js';
 import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
+import type { PieceSource } from './swarm-download.js';
+import { SwarmSource, type RangeSource, type SwarmSourceEvents } from './swarm-source.js';
+
+/** The part of the libp2p node a download needs. */
+export interface Swarm {
+  findProviders(digest: string, opts: { timeoutMs: number; max?: number }): Promise<string[]>;
+  pieceInfo(peerId: string, digest: string, opts?: { signal?: AbortSignal }): Promise<{ table: PieceTable; have: boolean[] } | 'pending' | undefined>;
+  openBlob(
+    peerId: string,
+    digest: string,
+    offset: number,
+    opts?: { signal?: AbortSignal; length?: number },
+  ): Promise<{ size: number; body: Readable } | undefined>;
+  peers(): { id: string; zone?: string; rttMs?: number }[];
+}
 
 export interface PeerPlannerOptions {
   swarm: Swarm;
@@ -19,50 +36,58 @@ export interface PeerPlannerOptions {
   pollMs?: number;
   book: PeerBook;
   grants: Grants;
-  origin: BlobSource;
+  partials: Partials;
+  origin: BlobSource & RangeSource;
   /** Asks the origin whether this agent may read the blob (a HEAD with its credentials). */
   originAllows(request: BlobRequest): Promise<boolean>;
   lookupTimeoutMs: number;
   logger: Logger;
-  events: PeerSourceEvents & { lookup(seconds: number, found: number): void };
-  /** Providers tried per download before the origin. */
+  events: SwarmSourceEvents & { lookup(seconds: number, found: number): void };
+  /** Providers asked per download. */
   maxProviders?: number;
 }
 
 /**
- * Plans a download: the best providers in the swarm first, then the origin. Peers are asked
- * only for digests the origin let this agent reach (its grants), so private bytes never reach
- * an agent whose credentials the origin would refuse.
+ * Plans a download: the swarm first (pieces from every provider that holds some), then the
+ * origin. Peers are asked only for digests the origin let this agent reach (its grants), so
+ * private bytes never reach an agent whose credentials the origin would refuse.
  */
 export class PeerPlanner implements SourcePlanner {
-  constructor(private readonly opts: PeerPlannerOptions) {}
+  private readonly pieces: PieceSource;
+
+  constructor(private readonly opts: PeerPlannerOptions) {
+    const { swarm } = opts;
+    this.pieces = {
+      pieceInfo: (peer, digest, signal) => swarm.pieceInfo(peer, digest, { signal }),
+      openRange: async (peer, digest, offset, length, signal) =>
+        (await swarm.openBlob(peer, digest, offset, { length, signal }))?.body,
+    };
+  }
 
   async plan(request: BlobRequest): Promise<BlobSource[]> {
     const { swarm, origin } = this.opts;
     if (swarm.peers().length === 0) return [origin];
     if (!(await this.authorised(request))) return [origin];
     const holders = await this.holders(request);
-    return [...holders.map((peer) => new PeerSource(peer, swarm, this.opts.events)), origin];
+    if (holders.length === 0) return [origin];
+    return [new SwarmSource(holders, this.pieces, this.opts.partials, this.opts.events, this.opts.logger, origin), origin];
   }
 
   /**
-   * Peers that hold the blob, best first. When none does yet, only the zone's elected origin
-   * fetchers go to the origin; everyone else waits for them to get it, and goes to the origin
-   * itself only if no fetcher starts within fetcherTimeoutMs (or finishes within fetchWaitMs),
-   * so a pull never hangs on a missing peer.
+   * Peers holding verified pieces of the blob, best first. When none does yet, only the zone's
+   * elected origin fetchers go to the origin; everyone else waits while some peer says it is
+   * fetching the blob (up to fetchWaitMs), and goes to the origin itself if nobody starts
+   * within fetcherTimeoutMs: a pull never hangs on a missing peer.
    */
   private async holders(request: BlobRequest): Promise<string[]> {
     const digest = request.digest.value;
     const started = performance.now();
     const elected = this.isOriginFetcher(digest);
     for (let round = 0; ; round++) {
-      const providers = await this.lookup(digest);
-      const holding = await this.holding(request, providers);
+      const { holding, fetching } = await this.ask(digest, await this.lookup(digest));
       if (holding.length > 0 || elected) return holding;
-      // Providers that do not hold it yet are fetching it (agents announce a blob when they
-      // start fetching it from the origin): worth waiting for, up to fetchWaitMs.
       const waited = performance.now() - started;
-      const limit = providers.length > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
+      const limit = fetching > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
       if (waited >= limit) {
         if (round > 0) this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer got the blob in time: fetching it from the origin');
         return [];
@@ -75,29 +100,30 @@ export class PeerPlanner implements SourcePlanner {
     const started = performance.now();
     const providers = await this.opts.swarm.findProviders(digest, {
       timeoutMs: this.opts.lookupTimeoutMs,
-      max: this.opts.maxProviders ?? 8,
+      max: this.opts.maxProviders ?? 16,
     });
     this.opts.events.lookup((performance.now() - started) / 1000, providers.length);
     return providers;
   }
 
-  /** Providers that hold the whole blob now (an empty-range request answers that), ranked. */
-  private async holding(request: BlobRequest, providers: string[]): Promise<string[]> {
+  /** Asks each provider what it holds: verified pieces (ranked), or only that it is fetching. */
+  private async ask(digest: string, providers: string[]): Promise<{ holding: string[]; fetching: number }> {
     const { swarm, book } = this.opts;
     const known = new Map(swarm.peers().map((p) => [p.id, p]));
     const ranked = book.rank(providers.map((id) => known.get(id) ?? { id }));
-    const probes = await Promise.all(
+    const answers = await Promise.all(
       ranked.map(async (peer) => {
         try {
-          const opened = await swarm.openBlob(peer.id, request.digest.value, 0, { length: 0 });
-          opened?.body.resume();
-          return opened ? peer.id : undefined;
+          return { id: peer.id, answer: await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(2_000) }) };
         } catch {
-          return undefined;
+          return { id: peer.id, answer: undefined };
         }
       }),
     );
-    return probes.filter((id): id is string => id !== undefined);
+    const holding = answers
+      .filter(({ answer }) => typeof answer === 'object' && answer.have.some(Boolean))
+      .map(({ id }) => id);
+    return { holding, fetching: answers.filter(({ answer }) => answer === 'pending').length };
   }
 
   /** Whether this agent is among its zone's origin fetchers for the digest. */

@@ -28,6 +28,8 @@ export interface BlobSource {
   /** For metrics: where bytes came from. */
   readonly kind: 'peer' | 'origin';
   open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined>;
+  /** True when the source reports its own bytes (by their real origin) to the observer. */
+  readonly countsOwnBytes?: boolean;
   /** Told when bytes from this source failed verification. */
   penalise?(request: BlobRequest, reason: string): void;
 }

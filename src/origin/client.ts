@@ -194,12 +194,26 @@ export class OriginClient {
    * it (200) has the first `offset` bytes skipped here, so `body` always starts at `offset`.
    * Nothing is retried once the body is handed over: the caller resumes with a new offset.
    */
-  async getBlob(repo: string, digest: string, opts: { offset?: number; signal?: AbortSignal } = {}): Promise<BlobResponse> {
+  async getBlob(
+    repo: string,
+    digest: string,
+    opts: { offset?: number; length?: number; signal?: AbortSignal } = {},
+  ): Promise<BlobResponse> {
     const name = this.repository(repo);
     const d = checkDigest(digest);
     const offset = opts.offset ?? 0;
     if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid blob offset ${offset}`);
-    const headers: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-` } : {};
+    if (opts.length !== undefined && (!Number.isSafeInteger(opts.length) || opts.length <= 0)) {
+      throw new RangeError(`invalid blob length ${opts.length}`);
+    }
+    // With a length, only that span is asked for (a missing piece); the body may still run on
+    // if the origin ignores Range, so callers read just what they asked for.
+    const headers: Record<string, string> =
+      opts.length !== undefined
+        ? { range: `bytes=${offset}-${offset + opts.length - 1}` }
+        : offset > 0
+          ? { range: `bytes=${offset}-` }
+          : {};
     const ex = this.exchange('GET', name, `/v2/${name}/blobs/${d}`, headers, opts.signal, `GET blob ${name}@${d}`);
     return this.send(ex, async (res) => {
       const length = contentLength(res.headers);

@@ -209,6 +209,7 @@ export class BlobStore {
     this.total -= this.sizes.get(digest) ?? 0;
     this.sizes.delete(digest);
     await this.metadata.deleteBlob(digest);
+    await this.metadata.deletePieceTable(digest);
   }
 
   /** Brings metadata and files into agreement after a crash, and sums the store's size. */

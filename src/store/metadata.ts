@@ -20,6 +20,7 @@ export interface TagRecord {
 const BLOB = 'b!';
 const TAG = 't!';
 const GRANT = 'g!';
+const PIECES = 'p!';
 
 /**
  * The store's embedded LevelDB. Keys are prefixed by kind so one database holds blob
@@ -63,6 +64,18 @@ export class Metadata {
 
   async putTag(key: string, record: TagRecord): Promise<void> {
     await this.db.put(TAG + key, JSON.stringify(record));
+  }
+
+  async getPieceTable(digest: string): Promise<unknown> {
+    return parse<unknown>(await this.db.get(PIECES + digest));
+  }
+
+  async putPieceTable(digest: string, table: unknown): Promise<void> {
+    await this.db.put(PIECES + digest, JSON.stringify(table));
+  }
+
+  async deletePieceTable(digest: string): Promise<void> {
+    await this.db.del(PIECES + digest);
   }
 
   async putGrants(keys: string[], at: number): Promise<void> {

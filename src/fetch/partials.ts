@@ -1,0 +1,69 @@
+import { createReadStream } from 'node:fs';
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { pieceRange, type PieceTable } from './piece-table.js';
+
+/** A blob being assembled from pieces: its file, its table, and the pieces verified so far. */
+export interface Partial {
+  readonly digest: string;
+  readonly path: string;
+  readonly file: FileHandle;
+  table?: PieceTable;
+  have: boolean[];
+}
+
+/**
+ * Blobs being downloaded piece by piece. Verified pieces of them are served to peers while the
+ * rest is still arriving, which is what makes a rollout spread like a swarm.
+ */
+export class Partials {
+  private readonly byDigest = new Map<string, Partial>();
+
+  constructor(private readonly tmpDir: string) {}
+
+  async start(digest: string): Promise<Partial> {
+    if (this.byDigest.has(digest)) throw new Error(`${digest} is already being assembled`);
+    const path = join(this.tmpDir, `pieces-${digest.slice(digest.indexOf(':') + 1, 24)}-${randomBytes(4).toString('hex')}`);
+    const file = await open(path, 'w+', 0o644);
+    const partial: Partial = { digest, path, file, have: [] };
+    this.byDigest.set(digest, partial);
+    return partial;
+  }
+
+  get(digest: string): Partial | undefined {
+    return this.byDigest.get(digest);
+  }
+
+  async finish(partial: Partial): Promise<void> {
+    if (this.byDigest.get(partial.digest) === partial) this.byDigest.delete(partial.digest);
+    await partial.file.close().catch(() => undefined);
+    await rm(partial.path, { force: true });
+  }
+
+  /** Bytes [offset, offset+length) if every piece they touch is verified; else undefined. */
+  read(digest: string, offset: number, length?: number): { size: number; body: Readable } | undefined {
+    const partial = this.byDigest.get(digest);
+    const table = partial?.table;
+    if (!partial || !table) return undefined;
+    const end = Math.min(table.size, length === undefined ? table.size : offset + length);
+    if (offset > end) return undefined;
+    const first = Math.floor(offset / table.pieceSize);
+    const last = Math.max(first, Math.ceil(end / table.pieceSize) - 1);
+    for (let i = first; i <= last && end > offset; i++) {
+      if (!partial.have[i]) return undefined;
+    }
+    if (end === offset) return { size: table.size, body: Readable.from([]) };
+    return { size: table.size, body: createReadStream(partial.path, { start: offset, end: end - 1 }) };
+  }
+
+  /** The contiguous verified prefix, in bytes. */
+  static prefix(partial: Partial): number {
+    const table = partial.table;
+    if (!table) return 0;
+    let bytes = 0;
+    for (let i = 0; i < table.hashes.length && partial.have[i]; i++) bytes = pieceRange(table, i).end;
+    return bytes;
+  }
+}

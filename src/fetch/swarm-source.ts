@@ -1,0 +1,132 @@
+import { createReadStream } from 'node:fs';
+import type { Logger } from 'pino';
+import { createHash } from 'node:crypto';
+import { Partials, type Partial } from './partials.js';
+import { pieceRange } from './piece-table.js';
+import { swarmDownload, type PieceSource } from './swarm-download.js';
+import type { BlobRequest, BlobSource, SourceBody } from './source.js';
+
+export interface SwarmSourceEvents {
+  /** The assembled blob failed its digest: every peer whose pieces went into it lied with its table. */
+  penalised(peerId: string, reason: string): void;
+  /** First verified piece: the agent can serve it, so it announces the blob. */
+  firstPiece(digest: string): void;
+  badPeer(peerId: string, reason: string): void;
+  peerFailed(peerId: string, error: unknown): void;
+  piece(peerId: string, bytes: number): void;
+  /** A blob was assembled whole from the swarm, in this many seconds. */
+  transferred(seconds: number): void;
+  /** Bytes that went into an assembly, by where they came from. */
+  bytes(kind: 'peer' | 'origin', count: number): void;
+}
+
+/** Where pieces the swarm could not provide come from: the origin, one range each. */
+export interface RangeSource {
+  readRange(request: BlobRequest, offset: number, length: number, signal: AbortSignal): Promise<Buffer>;
+}
+
+/**
+ * The swarm as one source: pieces from every listed provider at once, each checked against
+ * the piece table, assembled in a partial file that peers can read verified pieces from
+ * meanwhile. What it hands the orchestrator is the assembled file (or its verified prefix when
+ * the swarm could not finish: the orchestrator then fetches the rest from the origin); the
+ * orchestrator still checks the whole digest before anything is committed.
+ */
+export class SwarmSource implements BlobSource {
+  readonly kind = 'peer' as const;
+  readonly name: string;
+  /** Bytes are counted here as they arrive, by their real source; the copy is local. */
+  readonly countsOwnBytes = true;
+  /** Peers whose pieces went into the last assembly. */
+  private contributors = new Set<string>();
+
+  constructor(
+    private readonly providers: string[],
+    private readonly pieces: PieceSource,
+    private readonly partials: Partials,
+    private readonly events: SwarmSourceEvents,
+    private readonly logger: Logger,
+    private readonly fallback?: RangeSource,
+  ) {
+    this.name = `swarm(${providers.length})`;
+  }
+
+  penalise(_request: BlobRequest, reason: string): void {
+    for (const peer of this.contributors) this.events.penalised(peer, reason);
+  }
+
+  async open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined> {
+    const digest = request.digest.value;
+    this.contributors = new Set();
+    const partial = await this.partials.start(digest);
+    let handedOver = false;
+    const started = performance.now();
+    try {
+      let announced = false;
+      const result = await swarmDownload({
+        digest,
+        providers: this.providers,
+        source: this.pieces,
+        file: partial.file,
+        signal,
+        onTable: (table) => {
+          partial.table = table;
+          partial.have = new Array<boolean>(table.hashes.length).fill(false);
+        },
+        onPiece: (index, bytes, peerId) => {
+          partial.have[index] = true;
+          this.contributors.add(peerId);
+          this.events.piece(peerId, bytes);
+          this.events.bytes('peer', bytes);
+          if (!announced) {
+            announced = true;
+            this.events.firstPiece(digest);
+          }
+        },
+        onBadPeer: (peerId, reason) => this.events.badPeer(peerId, reason),
+        onPeerFailed: (peerId, error) => this.events.peerFailed(peerId, error),
+      });
+      if (!result.table) return undefined;
+      partial.table = result.table;
+      partial.have = result.have;
+      if (result.complete) this.events.transferred((performance.now() - started) / 1000);
+      else if (this.fallback) await this.fillFromOrigin(request, partial, signal);
+      const available = partial.have.every(Boolean) ? result.table.size : Partials.prefix(partial);
+      if (available <= offset) {
+        throw new Error(`the swarm delivered ${available} contiguous bytes of ${result.table.size}`);
+      }
+      // The orchestrator streams the file into the blob writer (which checks the whole digest);
+      // a stream that ends short of `size` makes it resume from the next source.
+      const body = available > offset ? createReadStream(partial.path, { start: offset, end: available - 1 }) : undefined;
+      if (!body) return undefined;
+      handedOver = true;
+      body.once('close', () => void this.partials.finish(partial));
+      return { size: result.table.size, body };
+    } finally {
+      if (!handedOver) await this.partials.finish(partial);
+    }
+  }
+
+  /**
+   * Fetches the pieces the swarm could not provide from the origin, each checked against the
+   * table like a peer's: what peers already delivered is never fetched again.
+   */
+  private async fillFromOrigin(request: BlobRequest, partial: Partial, signal: AbortSignal): Promise<void> {
+    const table = partial.table!;
+    const missing = partial.have.flatMap((held, index) => (held ? [] : [index]));
+    this.logger.info({ digest: partial.digest, pieces: missing.length }, 'swarm stalled: missing pieces come from the origin');
+    for (const index of missing) {
+      const { start, end } = pieceRange(table, index);
+      const bytes = await this.fallback!.readRange(request, start, end - start, signal);
+      if (createHash('sha256').update(bytes).digest('hex') !== table.hashes[index]) {
+        // The origin is the authority: a table its bytes contradict came from a liar.
+        throw new Error(`piece ${index} from the origin does not match the swarm's piece table`);
+      }
+      await partial.file.write(bytes, 0, bytes.length, start);
+      partial.have[index] = true;
+      this.events.bytes('origin', bytes.length);
+    }
+  }
+}
+
+export type { Partial };
