@@ -39,6 +39,9 @@ describe('parseConfig defaults', () => {
         maxUploadStreams: 16,
         providerLookupTimeout: 1_000,
         penaltyDuration: 600_000,
+        originFetchers: 1,
+        originFetcherTimeout: 3_000,
+        originFetchWait: 600_000,
       },
     });
   });
