@@ -145,7 +145,10 @@ export class Agent {
               metrics.peerFailures.inc({ reason: 'verification' });
               p2pLog.warn({ peer, reason }, 'peer sent bytes that failed verification: penalised');
             },
-            piece: () => undefined,
+            piece: (peer, bytes) => {
+              const zone = node.peers().find((p) => p.id === peer)?.zone;
+              metrics.peerZoneBytes.inc({ zone: zone === config.p2p.zone ? 'same' : 'other' }, bytes);
+            },
             bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
             firstPiece: (digest) => void node.provide(digest),
             transferred: (seconds) => metrics.peerTransfer.observe(seconds),

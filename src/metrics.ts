@@ -44,6 +44,14 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** Piece bytes downloaded from peers, by whether the peer is in this agent's zone. */
+  readonly peerZoneBytes = new Counter({
+    name: 'shoal_peer_piece_bytes_total',
+    help: 'Piece bytes downloaded from peers, by zone: same (this zone) or other',
+    labelNames: ['zone'] as const,
+    registers: [this.registry],
+  });
+
   readonly peerUploads = new Counter({
     name: 'shoal_peer_upload_bytes_total',
     help: 'Blob bytes served to peers',

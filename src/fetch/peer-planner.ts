@@ -106,24 +106,32 @@ export class PeerPlanner implements SourcePlanner {
     return providers;
   }
 
-  /** Asks each provider what it holds: verified pieces (ranked), or only that it is fetching. */
+  /**
+   * Asks each provider what it holds: verified pieces (ranked), or only that it is fetching.
+   * Same-zone peers come first: while one of them holds or is fetching the blob, peers of other
+   * zones are not used, so a blob crosses between zones about once.
+   */
   private async ask(digest: string, providers: string[]): Promise<{ holding: string[]; fetching: number }> {
-    const { swarm, book } = this.opts;
+    const { swarm, book, self } = this.opts;
     const known = new Map(swarm.peers().map((p) => [p.id, p]));
     const ranked = book.rank(providers.map((id) => known.get(id) ?? { id }));
     const answers = await Promise.all(
       ranked.map(async (peer) => {
         try {
-          return { id: peer.id, answer: await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(2_000) }) };
+          const answer = await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(2_000) });
+          return { id: peer.id, local: peer.zone === self.zone, answer };
         } catch {
-          return { id: peer.id, answer: undefined };
+          return { id: peer.id, local: peer.zone === self.zone, answer: undefined };
         }
       }),
     );
-    const holding = answers
-      .filter(({ answer }) => typeof answer === 'object' && answer.have.some(Boolean))
-      .map(({ id }) => id);
-    return { holding, fetching: answers.filter(({ answer }) => answer === 'pending').length };
+    const holds = (a: (typeof answers)[number]) => typeof a.answer === 'object' && a.answer.have.some(Boolean);
+    const local = answers.filter((a) => a.local && (holds(a) || a.answer === 'pending'));
+    const usable = local.length > 0 ? local : answers;
+    return {
+      holding: usable.filter(holds).map(({ id }) => id),
+      fetching: usable.filter(({ answer }) => answer === 'pending').length,
+    };
   }
 
   /** Whether this agent is among its zone's origin fetchers for the digest. */

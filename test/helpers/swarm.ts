@@ -42,3 +42,29 @@ export async function metric(agent: TestAgent, name: string, labels: Record<stri
   }
   return total;
 }
+
+/**
+ * Starts `count` agents that all know each other (each bootstraps from every earlier one, as
+ * agents do from a headless Service listing them all), and waits until each sees every other
+ * with its zone. `zoneOf(i)` names agent i's zone.
+ */
+export async function startMesh(
+  count: number,
+  opts: TestAgentOptions,
+  zoneOf: (index: number) => string = () => 'default',
+): Promise<TestAgent[]> {
+  const agents: TestAgent[] = [];
+  for (let i = 0; i < count; i++) {
+    const bootstrap = agents.flatMap((a) => bootstrapOf(a));
+    agents.push(await startAgent({ ...opts, p2p: { ...opts.p2p, zone: zoneOf(i), bootstrap } }));
+  }
+  await waitFor(
+    'a full mesh with zones',
+    async () => agents.every((a) => {
+      const peers = a.agent.p2p!.peers();
+      return peers.length >= count - 1 && peers.every((p) => p.zone !== undefined);
+    }),
+    { timeoutMs: 30_000 },
+  );
+  return agents;
+}
