@@ -11,6 +11,7 @@ import { OriginSource } from './fetch/origin-source.js';
 import { Partials } from './fetch/partials.js';
 import { PeerPlanner } from './fetch/peer-planner.js';
 import { PieceTables } from './fetch/piece-tables.js';
+import { Preheater } from './fetch/preheat.js';
 import { fixedPlan, type SourcePlanner } from './fetch/source.js';
 import { buildServer } from './http/server.js';
 import { createLogger } from './log.js';
@@ -182,6 +183,7 @@ export class Agent {
         blobs,
         store,
         metrics,
+        preheater: new Preheater(manifests, blobs, upstreams),
         headBlob: async (registry, repository, digest) => {
           const head = await upstreams.client(registry).headBlob(repository, digest);
           await grants.grant(registry, repository, [digest]);

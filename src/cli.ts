@@ -3,7 +3,11 @@ import './polyfill.js';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import { writeContainerdHosts } from './config/containerd-hosts.js';
+import { defaultMirror, writeContainerdHosts } from './config/containerd-hosts.js';
+import { DEFAULT_LISTEN } from './config/schema.js';
+import type { PreheatProgress } from './fetch/preheat.js';
+import { formatBytes, ProgressBar } from './progress-bar.js';
+import { access } from 'node:fs/promises';
 
 const USAGE = `usage: shoal <command> [options]
 
@@ -11,6 +15,8 @@ commands:
   agent [--config FILE]                       run the agent (default ./agent.config.json)
   containerd-config [--config FILE] --dir DIR [--mirror URL]
                                               write <DIR>/<registry>/hosts.toml for every configured registry
+  pull REF [--platform OS/ARCH] [--agent URL] [--config FILE]
+                                              ask a running agent to fetch an image ahead of a rollout
 `;
 
 /** Exit statuses: 2 for a bad command line or config, 1 for a failure at run time. */
@@ -23,6 +29,8 @@ async function main(argv: string[]): Promise<number> {
       return runAgent(rest);
     case 'containerd-config':
       return runContainerdConfig(rest);
+    case 'pull':
+      return runPull(rest);
     case undefined:
     case '-h':
     case '--help':
@@ -35,11 +43,75 @@ async function main(argv: string[]): Promise<number> {
 }
 
 function options<T extends Record<string, { type: 'string' | 'boolean'; default?: string }>>(args: string[], spec: T) {
+  return parse(args, spec, false).values;
+}
+
+function parse<T extends Record<string, { type: 'string' | 'boolean'; default?: string }>>(
+  args: string[],
+  spec: T,
+  allowPositionals: boolean,
+) {
   try {
-    return parseArgs({ args, options: spec, allowPositionals: false, strict: true }).values;
+    return parseArgs({ args, options: spec, allowPositionals, strict: true });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+}
+
+/** The agent to talk to: --agent, else the config's registry.listen, else the default. */
+async function agentUrl(agent: string | undefined, configFile: string): Promise<string> {
+  if (agent) return agent.replace(/\/+$/, '');
+  try {
+    await access(configFile);
+  } catch {
+    return `http://${DEFAULT_LISTEN}`;
+  }
+  return defaultMirror((await loadConfig(configFile)).registry.listen);
+}
+
+async function runPull(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    { platform: { type: 'string' }, agent: { type: 'string' }, config: { type: 'string', default: './agent.config.json' } },
+    true,
+  );
+  if (positionals.length !== 1) throw new UsageError('pull needs exactly one image reference, e.g. shoal pull ghcr.io/org/app:v1');
+  const base = await agentUrl(values.agent as string | undefined, values.config as string);
+  const query = new URLSearchParams({ ref: positionals[0]! });
+  if (values.platform) query.set('platform', values.platform as string);
+  let res: Response;
+  try {
+    res = await fetch(`${base}/preheat?${query}`, { method: 'POST' });
+  } catch (err) {
+    process.stderr.write(`shoal: cannot reach the agent at ${base}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (res.status !== 200 || !res.body) {
+    const body = (await res.json().catch(() => undefined)) as { errors?: { code: string; message: string }[] } | undefined;
+    const error = body?.errors?.[0];
+    process.stderr.write(`shoal: ${error ? `${error.code}: ${error.message}` : `agent answered ${res.status}`}\n`);
+    return res.status >= 400 && res.status < 500 ? 2 : 1;
+  }
+  const bar = new ProgressBar(process.stderr);
+  let buffered = '';
+  let outcome: { status: string; code?: string; message?: string; blobs?: number; bytes?: number } | undefined;
+  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+    buffered += Buffer.from(chunk).toString('utf8');
+    let newline: number;
+    while ((newline = buffered.indexOf('\n')) >= 0) {
+      const event = JSON.parse(buffered.slice(0, newline)) as NonNullable<typeof outcome> & PreheatProgress;
+      buffered = buffered.slice(newline + 1);
+      if (event.status === 'progress') bar.update(event);
+      else outcome = event;
+    }
+  }
+  bar.end();
+  if (outcome?.status === 'done') {
+    process.stdout.write(`pulled ${positionals[0]}: ${outcome.blobs} blobs, ${formatBytes(outcome.bytes ?? 0)}\n`);
+    return 0;
+  }
+  process.stderr.write(`shoal: pull failed: ${outcome?.code ?? 'error'}: ${outcome?.message ?? 'the agent closed the connection'}\n`);
+  return 1;
 }
 
 async function runAgent(args: string[]): Promise<number> {
