@@ -12,7 +12,7 @@ import { Partials } from './fetch/partials.js';
 import { PeerPlanner } from './fetch/peer-planner.js';
 import { PieceTables } from './fetch/piece-tables.js';
 import { Preheater } from './fetch/preheat.js';
-import { fixedPlan, type SourcePlanner } from './fetch/source.js';
+import { fixedPlan, type BlobRequest, type SourcePlanner } from './fetch/source.js';
 import { buildServer } from './http/server.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
@@ -76,6 +76,17 @@ export class Agent {
       const pieceTables = new PieceTables(store);
       /** Digests this agent is fetching from the origin now: it answers PENDING for them. */
       const fromOrigin = new Set<string>();
+      /** The fetcher, once built (the p2p node, started first, answers fetch requests with it). */
+      const blobsRef: { current?: BlobFetcher } = {};
+      const originAllows = async ({ registry, repository, digest }: BlobRequest): Promise<boolean> => {
+        try {
+          await upstreams.client(registry).headBlob(repository, digest.value);
+          return true;
+        } catch (err) {
+          if (err instanceof OriginError && err.kind !== 'unavailable') return false;
+          throw err;
+        }
+      };
       let peerBook: PeerBook | undefined;
       if (config.p2p.enabled) {
         p2p = await P2PNode.start({
@@ -95,6 +106,19 @@ export class Agent {
             metrics,
             config.p2p.maxUploadRate === undefined ? undefined : new TokenBucket(config.p2p.maxUploadRate),
           ),
+          fetches: {
+            // Another agent of the zone asks this one, its elected origin fetcher, to fetch a
+            // blob: done only for what the origin lets this agent read.
+            async request({ registry, repository, digest }) {
+              const parsed = tryParseDigest(digest);
+              if (!parsed || !upstreams.has(registry)) return false;
+              const request = { registry, repository, digest: parsed };
+              if (!(await grants.has(registry, repository, digest)) && !(await originAllows(request).catch(() => false))) return false;
+              await grants.grant(registry, repository, [digest]);
+              void blobsRef.current?.ensure(request).catch((err: unknown) => logger.warn({ digest, err }, 'fetch asked by a peer failed'));
+              return true;
+            },
+          },
           pieces: {
             async info(digest) {
               const table = await pieceTables.get(digest);
@@ -120,15 +144,7 @@ export class Agent {
           grants,
           partials,
           origin,
-          originAllows: async ({ registry, repository, digest }) => {
-            try {
-              await upstreams.client(registry).headBlob(repository, digest.value);
-              return true;
-            } catch (err) {
-              if (err instanceof OriginError && err.kind !== 'unavailable') return false;
-              throw err;
-            }
-          },
+          originAllows,
           lookupTimeoutMs: config.p2p.providerLookupTimeout,
           logger: p2pLog,
           events: {
@@ -169,6 +185,7 @@ export class Agent {
         finished: (digest) => fromOrigin.delete(digest),
         committed: (digest) => void p2p?.provide(digest),
       });
+      blobsRef.current = blobs;
       const manifests = new ManifestService({
         store,
         grants,

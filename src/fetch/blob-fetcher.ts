@@ -5,7 +5,7 @@ import type { BlobStore, StoredBlob } from '../store/blob-store.js';
 import type { BlobWriter } from '../store/blob-writer.js';
 import { BlobNotFoundError, BlobUnavailableError } from './errors.js';
 import { SingleFlight } from './single-flight.js';
-import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
+import type { BlobRequest, BlobSource, SourceBody, SourcePlanner } from './source.js';
 
 export interface FetchObserver {
   /** Bytes that reached the store from a source (counted as written, before verification). */
@@ -85,12 +85,18 @@ export class BlobFetcher {
               throw new Error(`declares size ${declared}, another source declared ${size}`);
             }
             contributors.add(source);
+            if (opened.file && writer.bytesWritten === 0) {
+              opened.body.destroy();
+              return await this.adopt(request, writer, opened.file, source.name);
+            }
             if (source.kind === 'origin') this.observer.originStarted?.(request.digest.value);
             await this.copy(opened.body, writer, size, source);
             size ??= writer.bytesWritten;
             if (writer.bytesWritten === size) break;
             throw new Error(`stream ended at byte ${writer.bytesWritten} of ${size}`);
           } catch (err) {
+            // A whole assembled file that fails its digest ends the round like a bad stream does.
+            if (err instanceof DigestMismatchError) throw err;
             lastError = err;
             failures.push({ source: source.name, error: String((err as Error).message ?? err) });
             this.observer.failure?.(source, err);
@@ -121,6 +127,25 @@ export class BlobFetcher {
     }
     if (failures.length === 0) throw new BlobNotFoundError(request.digest.value);
     throw new BlobUnavailableError(request.digest.value, failures, { cause: lastError });
+  }
+
+  /** Takes a blob a source assembled in a file of its own: checked, then moved into the store. */
+  private async adopt(
+    request: BlobRequest,
+    writer: BlobWriter,
+    file: NonNullable<SourceBody['file']>,
+    source: string,
+  ): Promise<StoredBlob> {
+    await writer.abort();
+    try {
+      await this.store.commitFile(request.digest, file.path, source);
+    } finally {
+      await file.release();
+    }
+    const stored = await this.store.get(request.digest);
+    if (!stored) throw new Error(`blob ${request.digest.value} vanished after commit`);
+    this.observer.committed?.(stored.digest, stored.size);
+    return stored;
   }
 
   /**

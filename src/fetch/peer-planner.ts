@@ -20,6 +20,7 @@ export interface Swarm {
     opts?: { signal?: AbortSignal; length?: number },
   ): Promise<{ size: number; body: Readable } | undefined>;
   peers(): { id: string; zone?: string; rttMs?: number }[];
+  requestFetch(peerId: string, request: { registry: string; repository: string; digest: string }, opts?: { signal?: AbortSignal }): Promise<boolean>;
 }
 
 export interface PeerPlannerOptions {
@@ -82,18 +83,39 @@ export class PeerPlanner implements SourcePlanner {
   private async holders(request: BlobRequest): Promise<string[]> {
     const digest = request.digest.value;
     const started = performance.now();
-    const elected = this.isOriginFetcher(digest);
+    const fetchers = this.originFetchers(digest);
+    const elected = fetchers.includes(this.opts.self.id);
+    let asked = false;
     for (let round = 0; ; round++) {
       const { holding, fetching } = await this.ask(digest, await this.lookup(digest));
       if (holding.length > 0 || elected) return holding;
+      if (fetching === 0 && !asked) {
+        // Nobody is fetching it yet: ask the elected fetchers to start now rather than wait for
+        // their own clients to need it. If none will, fetch it oneself at once.
+        asked = true;
+        if (!(await this.askToFetch(request, fetchers))) return [];
+      }
       const waited = performance.now() - started;
       const limit = fetching > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
       if (waited >= limit) {
-        if (round > 0) this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer got the blob in time: fetching it from the origin');
+        this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer got the blob in time: fetching it from the origin');
         return [];
       }
       await new Promise((resolve) => setTimeout(resolve, this.opts.pollMs ?? 200));
     }
+  }
+
+  /** Asks the elected fetchers to fetch the blob; true when at least one accepted. */
+  private async askToFetch(request: BlobRequest, fetchers: string[]): Promise<boolean> {
+    const { registry, repository, digest } = request;
+    const answers = await Promise.all(
+      fetchers.map((peer) =>
+        this.opts.swarm
+          .requestFetch(peer, { registry, repository, digest: digest.value }, { signal: AbortSignal.timeout(5_000) })
+          .catch(() => false),
+      ),
+    );
+    return answers.some(Boolean);
   }
 
   private async lookup(digest: string): Promise<string[]> {
@@ -134,11 +156,11 @@ export class PeerPlanner implements SourcePlanner {
     };
   }
 
-  /** Whether this agent is among its zone's origin fetchers for the digest. */
-  private isOriginFetcher(digest: string): boolean {
+  /** The zone's origin fetchers for the digest (this agent may be one). */
+  private originFetchers(digest: string): string[] {
     const { self, swarm } = this.opts;
     const zone = swarm.peers().filter((p) => p.zone === self.zone).map((p) => p.id);
-    return closestPeers(digest, [self.id, ...zone], this.opts.originFetchers).includes(self.id);
+    return closestPeers(digest, [self.id, ...zone], this.opts.originFetchers);
   }
 
   private async authorised(request: BlobRequest): Promise<boolean> {

@@ -15,6 +15,12 @@ export interface SourceBody {
   size: number;
   /** Bytes from the requested offset to the end. */
   body: Readable;
+  /**
+   * Set when the source assembled the whole blob in a file of its own (the swarm): the
+   * orchestrator then checks that file and moves it into the store instead of copying it.
+   * `release` is called once the file was taken or refused.
+   */
+  file?: { path: string; release(): Promise<void> };
 }
 
 /**

@@ -1,4 +1,5 @@
 import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { createHash } from 'node:crypto';
 import { Partials, type Partial } from './partials.js';
@@ -95,11 +96,17 @@ export class SwarmSource implements BlobSource {
       if (available <= offset) {
         throw new Error(`the swarm delivered ${available} contiguous bytes of ${result.table.size}`);
       }
-      // The orchestrator streams the file into the blob writer (which checks the whole digest);
-      // a stream that ends short of `size` makes it resume from the next source.
-      const body = available > offset ? createReadStream(partial.path, { start: offset, end: available - 1 }) : undefined;
-      if (!body) return undefined;
       handedOver = true;
+      if (available === result.table.size && offset === 0) {
+        // Whole: the orchestrator checks the file's digest and moves it into the store.
+        return {
+          size: available,
+          body: Readable.from([]),
+          file: { path: partial.path, release: () => this.partials.finish(partial) },
+        };
+      }
+      // Only a prefix: the orchestrator streams it into its writer and resumes after it.
+      const body = createReadStream(partial.path, { start: offset, end: available - 1 });
       body.once('close', () => void this.partials.finish(partial));
       return { size: result.table.size, body };
     } finally {

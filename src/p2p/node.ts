@@ -15,6 +15,7 @@ import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
 import { Bootstrapper, hostPortKey, parseBootstrapEntry, type Lookup } from './bootstrap.js';
 import { cidForDigest } from './cid.js';
+import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, type LocalFetches } from './fetch-protocol.js';
 import { pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
 import {
   DEFAULT_BOOTSTRAP_INTERVAL_MS,
@@ -68,6 +69,8 @@ export interface P2PStartOptions extends P2POptions {
   blobs: LocalBlobs;
   /** Piece tables and bitfields served on the pieces protocol; absent: every request is NOT_FOUND. */
   pieces?: LocalPieces;
+  /** Requests to fetch a blob from the origin; absent: every request is refused. */
+  fetches?: LocalFetches;
   /** DNS lookup used for bootstrap names (tests inject one). */
   lookup?: Lookup;
   /** How long `provide` waits for the announcement to reach DHT peers (default 10 s). */
@@ -94,6 +97,7 @@ export class P2PNode implements BenchDialer {
   private retryDelay = ANNOUNCE_DEBOUNCE_MS;
   private stopping = false;
   private readonly provideTimeoutMs: number;
+  private readonly protocolPrefix: string;
 
   private constructor(
     /** The libp2p node, for tests and diagnostics; the rest of Shoal uses the methods. */
@@ -107,6 +111,7 @@ export class P2PNode implements BenchDialer {
     this.log = log;
     this.protocols = protocolIds(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
     this.pieceProtocol = pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
+    this.protocolPrefix = opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX;
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
   }
 
@@ -181,6 +186,11 @@ export class P2PNode implements BenchDialer {
       maxInboundStreams: 256,
       maxOutboundStreams: 256,
     });
+    await libp2p.handle(
+      fetchProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX),
+      fetchRequestHandler({ ...(opts.fetches === undefined ? {} : { fetches: opts.fetches }), logger: log }),
+      { maxInboundStreams: 256, maxOutboundStreams: 256 },
+    );
     if (opts.benchProtocol === true) {
       await libp2p.handle(protocols.bench, benchHandler(log), { maxInboundStreams: 64, maxOutboundStreams: 64 });
     }
@@ -322,6 +332,15 @@ export class P2PNode implements BenchDialer {
       ...(opts.signal === undefined ? {} : { signal: opts.signal }),
     });
     return requestPieceInfo(stream, peerId, digest, { ...(opts.signal === undefined ? {} : { signal: opts.signal }), timeoutMs: RESPONSE_TIMEOUT_MS });
+  }
+
+  /** Asks `peerId` to fetch a blob from the origin; true when it is fetching (or holds) it. */
+  async requestFetch(peerId: string, request: FetchRequest, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+    cidForDigest(request.digest); // validates the digest
+    const stream = await this.libp2p.dialProtocol(peerIdFromString(peerId), fetchProtocolId(this.protocolPrefix), {
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    });
+    return requestFetch(stream, peerId, request, opts.signal);
   }
 
   /** Connected peers, with the zone they announced and the last measured round-trip time. */

@@ -1,9 +1,9 @@
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Digest } from '../oci/digest.js';
-import { tryParseDigest } from '../oci/digest.js';
+import { DigestMismatchError, hasherFor, tryParseDigest } from '../oci/digest.js';
 import { BlobWriter } from './blob-writer.js';
 import { Metadata, type BlobRecord } from './metadata.js';
 
@@ -138,6 +138,38 @@ export class BlobStore {
     } catch (err) {
       this.writing.delete(digest.value);
       throw err;
+    }
+  }
+
+  /**
+   * Moves a complete blob file (assembled elsewhere under this store's dir) into place once its
+   * bytes hash to the digest; throws DigestMismatchError (and leaves the file) if they do not.
+   */
+  async commitFile(digest: Digest, path: string, source: string, mediaType?: string): Promise<void> {
+    if (this.writing.has(digest.value)) throw new Error(`${digest.value} is already being written`);
+    this.writing.add(digest.value);
+    try {
+      const hash = hasherFor(digest);
+      let size = 0;
+      for await (const chunk of createReadStream(path, { highWaterMark: READ_CHUNK })) {
+        hash.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+      }
+      const actual = `${digest.algorithm}:${hash.digest('hex')}`;
+      if (actual !== digest.value) throw new DigestMismatchError(digest.value, actual, source);
+      const file = await open(path, 'r');
+      try {
+        await file.sync();
+      } finally {
+        await file.close();
+      }
+      await rename(path, this.pathOf(digest));
+      const at = this.now();
+      await this.metadata.putBlob(digest.value, { size, mediaType, createdAt: at, lastAccess: at });
+      this.account(digest.value, size);
+      this.scheduleEviction();
+    } finally {
+      this.writing.delete(digest.value);
     }
   }
 

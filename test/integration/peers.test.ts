@@ -68,12 +68,19 @@ describe('agents sharing blobs over libp2p', () => {
     await pull(b!, 'team/shared:v1');
     await pull(c!, 'team/shared:v1');
     expect(origin.blobBytes()).toBe(0);
-    expect(await metric(b!, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(image.blobBytes);
-    expect(await metric(b!, 'shoal_blob_bytes_total', { source: 'origin' })).toBe(0);
-    expect(await metric(c!, 'shoal_blob_bytes_total', { source: 'peer' })).toBe(image.blobBytes);
+    // Across the swarm each blob came from the origin once (A may have asked the elected
+    // fetcher of a blob, B or C, to fetch it); every agent holds every blob, from peers or so.
+    const fromOrigin = await Promise.all([a!, b!, c!].map((x) => metric(x, 'shoal_blob_bytes_total', { source: 'origin' })));
+    expect(fromOrigin.reduce((x, y) => x + y, 0)).toBe(image.blobBytes);
+    for (const x of [b!, c!]) {
+      const peer = await metric(x, 'shoal_blob_bytes_total', { source: 'peer' });
+      const own = await metric(x, 'shoal_blob_bytes_total', { source: 'origin' });
+      expect(peer + own).toBe(image.blobBytes);
+      expect(peer).toBeGreaterThan(0);
+    }
     expect(await metric(b!, 'shoal_peers')).toBeGreaterThanOrEqual(1);
     expect(await metric(b!, 'shoal_provider_lookup_seconds_count')).toBeGreaterThan(0);
-    expect(await metric(b!, 'shoal_peer_transfer_seconds_count')).toBe(image.layerDigests.length + 1);
+    expect(await metric(c!, 'shoal_peer_transfer_seconds_count')).toBeGreaterThan(0);
   });
 
   it('provides what it holds after a restart', async () => {
@@ -99,14 +106,17 @@ describe('agents sharing blobs over libp2p', () => {
     const size = image.layerSizes[0]!;
     // The provider uploads at 8 MiB/s, so the transfer is still running when it is stopped.
     const provider = await startAgent({ registries: registries(), p2p: { maxUploadRate: '8MiB' } });
-    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
-    agents.push(provider, b);
-    await waitForPeers(b, 1);
+    agents.push(provider);
     await pull(provider, 'team/big:v1');
+    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
+    agents.push(b);
+    await waitForPeers(b, 1);
     // B learns the layer is its to read from the manifest, then fetches the layer.
     const manifest = await fetch(`${b.url}/v2/team/big/manifests/v1`);
     expect(manifest.status).toBe(200);
     origin.reset();
+    const peerBefore = await metric(b, 'shoal_blob_bytes_total', { source: 'peer' });
+    const originBefore = await metric(b, 'shoal_blob_bytes_total', { source: 'origin' });
     const download = fetch(`${b.url}/v2/team/big/blobs/${layer}`).then(async (r) => ({
       status: r.status,
       bytes: Buffer.from(await r.arrayBuffer()),
@@ -116,8 +126,8 @@ describe('agents sharing blobs over libp2p', () => {
     const result = await download;
     expect(result.status).toBe(200);
     expect(result.bytes.length).toBe(size);
-    const fromPeer = await metric(b, 'shoal_blob_bytes_total', { source: 'peer' });
-    const fromOrigin = await metric(b, 'shoal_blob_bytes_total', { source: 'origin' });
+    const fromPeer = (await metric(b, 'shoal_blob_bytes_total', { source: 'peer' })) - peerBefore;
+    const fromOrigin = (await metric(b, 'shoal_blob_bytes_total', { source: 'origin' })) - originBefore;
     expect(fromPeer).toBeGreaterThan(0);
     expect(fromPeer).toBeLessThan(size);
     // Only what the provider had not sent was fetched again, and from the origin.
@@ -259,9 +269,7 @@ describe('eviction', () => {
     const first = await push('team/evict-a:v1', [1024 * 1024]);
     const second = await push('team/evict-b:v1', [1024 * 1024]);
     const a = await startAgent({ registries: registries(), maxSize: '1700KiB' });
-    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(a) } });
-    agents.push(a, b);
-    await waitForPeers(b, 1);
+    agents.push(a);
     await pull(a, 'team/evict-a:v1');
     expect(a.agent.p2p!.isProviding(first.layerDigests[0]!)).toBe(true);
     await pull(a, 'team/evict-b:v1');
@@ -271,6 +279,10 @@ describe('eviction', () => {
     expect(a.agent.p2p!.isProviding(first.layerDigests[0]!)).toBe(false);
     expect(a.agent.p2p!.isProviding(second.layerDigests[0]!)).toBe(true);
 
+    // An agent that joins now finds nobody holding the evicted layer, and fetches it itself.
+    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(a) } });
+    agents.push(b);
+    await waitForPeers(b, 1);
     origin.reset();
     await pull(b, 'team/evict-a:v1');
     expect(origin.blobBytes()).toBeGreaterThanOrEqual(first.layerSizes[0]!);

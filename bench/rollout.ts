@@ -1,0 +1,83 @@
+/**
+ * bench:rollout — a fresh image rolled out to N nodes at once, the origin behind a thin uplink
+ * (a throttling proxy that caps the origin's total egress). Side by side in one run: N plain
+ * pulls straight from the origin, then N pulls through N Shoal agents. Prints origin egress ÷
+ * image size and rollout time ÷ naive time.
+ *
+ *   npm run bench:rollout [-- --agents 8 --image-mib 100 --uplink-mib 40 --runs 1]
+ */
+import '../src/polyfill.js';
+import { parseArgs } from 'node:util';
+import { startCountingProxy } from '../test/helpers/counting-proxy.js';
+import { makeImage, pushImage } from '../test/helpers/images.js';
+import { startRegistry } from '../test/helpers/registry.js';
+import { skopeoPull } from '../test/helpers/skopeo.js';
+import { startMesh } from '../test/helpers/swarm.js';
+import { median, MiB } from './lib.js';
+
+const { values } = parseArgs({
+  options: {
+    agents: { type: 'string', default: '8' },
+    'image-mib': { type: 'string', default: '100' },
+    'uplink-mib': { type: 'string', default: '40' },
+    runs: { type: 'string', default: '1' },
+  },
+});
+const n = Number(values.agents);
+const imageBytes = Number(values['image-mib']) * MiB;
+const uplink = Number(values['uplink-mib']) * MiB;
+const runs = Number(values.runs);
+
+const registry = await startRegistry();
+const origin = await startCountingProxy(registry);
+
+async function pullAll(hosts: string[], ref: string): Promise<number> {
+  const started = performance.now();
+  const results = await Promise.all(hosts.map((h) => skopeoPull(`${h}/${ref}`, { timeoutMs: 600_000 })));
+  const seconds = (performance.now() - started) / 1000;
+  for (const r of results) {
+    await r.remove();
+    if (!r.ok) throw new Error(`a pull failed: ${r.stderr}`);
+  }
+  return seconds;
+}
+
+const rows: { naive: number; shoal: number; naiveEgress: number; shoalEgress: number; image: number }[] = [];
+try {
+  for (let run = 0; run < runs; run++) {
+    // Four layers, like a typical application image; fresh random content every run.
+    const layers = [0.48, 0.32, 0.16, 0.04].map((f) => Math.round(f * imageBytes));
+    const local = await makeImage({ layers });
+    const naiveImage = await pushImage(local, registry, `bench/naive${run}:v1`);
+    await local.remove();
+    const local2 = await makeImage({ layers });
+    const shoalImage = await pushImage(local2, registry, `bench/shoal${run}:v1`);
+    await local2.remove();
+
+    origin.setRateLimit(uplink);
+    origin.reset();
+    const naive = await pullAll(Array.from({ length: n }, () => origin.host), `bench/naive${run}:v1`);
+    const naiveEgress = origin.blobBytes();
+
+    origin.setRateLimit(null);
+    const fleet = await startMesh(n, { registries: { [origin.host]: { url: origin.url } } });
+    origin.setRateLimit(uplink);
+    origin.reset();
+    const shoal = await pullAll(fleet.map((a) => a.host), `bench/shoal${run}:v1`);
+    const shoalEgress = origin.blobBytes();
+    await Promise.all(fleet.map((a) => a.close()));
+    rows.push({ naive, shoal, naiveEgress: naiveEgress / naiveImage.blobBytes, shoalEgress: shoalEgress / shoalImage.blobBytes, image: shoalImage.blobBytes });
+    console.log(
+      `run ${run + 1}: naive ${naive.toFixed(1)} s (egress ${(naiveEgress / MiB).toFixed(0)} MiB), ` +
+        `shoal ${shoal.toFixed(1)} s (egress ${(shoalEgress / MiB).toFixed(0)} MiB)`,
+    );
+  }
+  const image = rows[0]!.image;
+  console.log(`${n} nodes, image ${(image / MiB).toFixed(0)} MiB of blobs, origin uplink ${values['uplink-mib']} MiB/s (throttling proxy), ${runs} run(s), medians`);
+  console.log(`  naive: ${median(rows.map((r) => r.naive)).toFixed(1)} s, origin egress ÷ image ${median(rows.map((r) => r.naiveEgress)).toFixed(2)}`);
+  console.log(`  shoal: ${median(rows.map((r) => r.shoal)).toFixed(1)} s, origin egress ÷ image ${median(rows.map((r) => r.shoalEgress)).toFixed(2)}   (target ≤ 1.1)`);
+  console.log(`  rollout time ÷ naive time: ${median(rows.map((r) => r.shoal / r.naive)).toFixed(2)}   (target ≤ 0.3)`);
+} finally {
+  await origin.stop();
+  await registry.close();
+}
