@@ -12,7 +12,9 @@ import { startCountingProxy } from '../test/helpers/counting-proxy.js';
 import { makeImage, pushImage } from '../test/helpers/images.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { skopeoPull } from '../test/helpers/skopeo.js';
-import { startMesh } from '../test/helpers/swarm.js';
+import { join } from 'node:path';
+import { makeTempDir, removeTempDir } from '../test/helpers/tmp.js';
+import { AgentProcess } from './agent-process.js';
 import { median, MiB } from './lib.js';
 
 const { values } = parseArgs({
@@ -28,6 +30,7 @@ const imageBytes = Number(values['image-mib']) * MiB;
 const uplink = Number(values['uplink-mib']) * MiB;
 const runs = Number(values.runs);
 
+const work = await makeTempDir('shoal-bench-rollout-');
 const registry = await startRegistry();
 const origin = await startCountingProxy(registry);
 
@@ -40,6 +43,31 @@ async function pullAll(hosts: string[], ref: string): Promise<number> {
     if (!r.ok) throw new Error(`a pull failed: ${r.stderr}`);
   }
   return seconds;
+}
+
+/** N agents, each its own process (as on N nodes), each bootstrapping from all earlier ones. */
+async function startFleet(count: number, run: number): Promise<{ host: string; process: AgentProcess }[]> {
+  const fleet: { host: string; url: string; addrs: string[]; process: AgentProcess }[] = [];
+  for (let i = 0; i < count; i++) {
+    const agent = await AgentProcess.start({
+      registry: { listen: '127.0.0.1:0' },
+      storage: { dir: join(work, `run${run}-agent${i}`) },
+      upstreams: { default: origin.host, registries: { [origin.host]: { url: origin.url } } },
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: fleet.flatMap((a) => a.addrs) },
+      log: { level: 'warn' },
+    });
+    const info = await agent.call<{ url: string; addrs: string[] }>({ cmd: 'info' });
+    fleet.push({ host: info.url.replace('http://', ''), url: info.url, addrs: info.addrs, process: agent });
+  }
+  for (const agent of fleet) {
+    for (let i = 0; i < 300 && (await peers(agent.url)) < count - 1; i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  return fleet;
+}
+
+async function peers(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return Number(/^shoal_peers (\S+)$/m.exec(text)?.[1] ?? 0);
 }
 
 const rows: { naive: number; shoal: number; naiveEgress: number; shoalEgress: number; image: number }[] = [];
@@ -60,12 +88,12 @@ try {
     const naiveEgress = origin.blobBytes();
 
     origin.setRateLimit(null);
-    const fleet = await startMesh(n, { registries: { [origin.host]: { url: origin.url } } });
+    const fleet = await startFleet(n, run);
     origin.setRateLimit(uplink);
     origin.reset();
     const shoal = await pullAll(fleet.map((a) => a.host), `bench/shoal${run}:v1`);
     const shoalEgress = origin.blobBytes();
-    await Promise.all(fleet.map((a) => a.close()));
+    await Promise.all(fleet.map((a) => a.process.stop()));
     rows.push({ naive, shoal, naiveEgress: naiveEgress / naiveImage.blobBytes, shoalEgress: shoalEgress / shoalImage.blobBytes, image: shoalImage.blobBytes });
     console.log(
       `run ${run + 1}: naive ${naive.toFixed(1)} s (egress ${(naiveEgress / MiB).toFixed(0)} MiB), ` +
@@ -80,4 +108,5 @@ try {
 } finally {
   await origin.stop();
   await registry.close();
+  await removeTempDir(work);
 }

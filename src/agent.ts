@@ -115,7 +115,16 @@ export class Agent {
               const request = { registry, repository, digest: parsed };
               if (!(await grants.has(registry, repository, digest)) && !(await originAllows(request).catch(() => false))) return false;
               await grants.grant(registry, repository, [digest]);
-              void blobsRef.current?.ensure(request).catch((err: unknown) => logger.warn({ digest, err }, 'fetch asked by a peer failed'));
+              const blobs = blobsRef.current;
+              if (!blobs) return false;
+              // Said at once, so askers wait for this agent rather than time out on it.
+              fromOrigin.add(digest);
+              void blobs
+                .ensure(request)
+                .catch((err: unknown) => logger.warn({ digest, err }, 'fetch asked by a peer failed'))
+                .finally(() => {
+                  if (!blobs.isDownloading(digest)) fromOrigin.delete(digest);
+                });
               return true;
             },
           },
@@ -140,6 +149,7 @@ export class Agent {
           originFetchers: config.p2p.originFetchers,
           fetcherTimeoutMs: config.p2p.originFetcherTimeout,
           fetchWaitMs: config.p2p.originFetchWait,
+          askedToFetch: (digest) => fromOrigin.has(digest),
           book,
           grants,
           partials,

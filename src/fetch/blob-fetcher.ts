@@ -42,6 +42,10 @@ export class BlobFetcher {
     this.lifetime.abort(new Error('agent is shutting down'));
   }
 
+  isDownloading(digest: string): boolean {
+    return this.flights.has(digest);
+  }
+
   /** Digests being downloaded now. */
   get active(): number {
     return this.flights.size;

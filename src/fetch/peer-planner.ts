@@ -9,6 +9,10 @@ import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
 import type { PieceSource } from './swarm-download.js';
 import { SwarmSource, type RangeSource, type SwarmSourceEvents } from './swarm-source.js';
 
+/** How often a waiting agent asks the DHT again, and the longest pause between its checks. */
+const LOOKUP_INTERVAL_MS = 3_000;
+const MAX_POLL_MS = 1_000;
+
 /** The part of the libp2p node a download needs. */
 export interface Swarm {
   findProviders(digest: string, opts: { timeoutMs: number; max?: number }): Promise<string[]>;
@@ -35,6 +39,8 @@ export interface PeerPlannerOptions {
   fetchWaitMs: number;
   /** How often a waiting agent looks again. */
   pollMs?: number;
+  /** True for digests a peer asked this agent to fetch from the origin. */
+  askedToFetch?(digest: string): boolean;
   book: PeerBook;
   grants: Grants;
   partials: Partials;
@@ -86,36 +92,59 @@ export class PeerPlanner implements SourcePlanner {
     const fetchers = this.originFetchers(digest);
     const elected = fetchers.includes(this.opts.self.id);
     let asked = false;
-    for (let round = 0; ; round++) {
-      const { holding, fetching } = await this.ask(digest, await this.lookup(digest));
-      if (holding.length > 0 || elected) return holding;
-      if (fetching === 0 && !asked) {
+    let providers: string[] = [];
+    let lookedUp = -Infinity;
+    let pause = this.opts.pollMs ?? 200;
+    /** Peers that said they are fetching it (or agreed to): waited for while they stay connected. */
+    const fetching = new Set<string>();
+    for (;;) {
+      // The DHT is asked again only every few seconds; in between, the providers already known
+      // are asked directly. A whole zone waits this way during a rollout, so it must be cheap.
+      if (performance.now() - lookedUp >= LOOKUP_INTERVAL_MS) {
+        providers = [...new Set([...providers, ...(await this.lookup(digest))])];
+        lookedUp = performance.now();
+      }
+      const answers = await this.ask(digest, providers);
+      // A peer that elected this agent asked it to fetch: it fetches, whatever its own view.
+      if (answers.holding.length > 0 || elected || this.opts.askedToFetch?.(digest)) return answers.holding;
+      for (const peer of answers.pending) fetching.add(peer);
+      for (const peer of answers.refused) fetching.delete(peer);
+      if (fetching.size === 0 && !asked) {
         // Nobody is fetching it yet: ask the elected fetchers to start now rather than wait for
         // their own clients to need it. If none will, fetch it oneself at once.
         asked = true;
-        if (!(await this.askToFetch(request, fetchers))) return [];
+        const accepted = await this.askToFetch(request, fetchers);
+        if (accepted.length === 0) return [];
+        for (const peer of accepted) fetching.add(peer);
+        providers = [...new Set([...providers, ...accepted])];
       }
+      // A fetcher that went away (or never started within fetcherTimeoutMs) is not waited for.
+      const connected = new Set(this.opts.swarm.peers().map((p) => p.id));
+      for (const peer of fetching) if (!connected.has(peer)) fetching.delete(peer);
       const waited = performance.now() - started;
-      const limit = fetching > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
+      const limit = fetching.size > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
       if (waited >= limit) {
         this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer got the blob in time: fetching it from the origin');
         return [];
       }
-      await new Promise((resolve) => setTimeout(resolve, this.opts.pollMs ?? 200));
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 1.5, MAX_POLL_MS);
     }
   }
 
-  /** Asks the elected fetchers to fetch the blob; true when at least one accepted. */
-  private async askToFetch(request: BlobRequest, fetchers: string[]): Promise<boolean> {
+  /** Asks the elected fetchers to fetch the blob; answers those that accepted. */
+  private async askToFetch(request: BlobRequest, fetchers: string[]): Promise<string[]> {
     const { registry, repository, digest } = request;
     const answers = await Promise.all(
-      fetchers.map((peer) =>
-        this.opts.swarm
+      fetchers.map(async (peer) =>
+        (await this.opts.swarm
           .requestFetch(peer, { registry, repository, digest: digest.value }, { signal: AbortSignal.timeout(5_000) })
-          .catch(() => false),
+          .catch(() => false))
+          ? peer
+          : undefined,
       ),
     );
-    return answers.some(Boolean);
+    return answers.filter((peer): peer is string => peer !== undefined);
   }
 
   private async lookup(digest: string): Promise<string[]> {
@@ -133,17 +162,22 @@ export class PeerPlanner implements SourcePlanner {
    * Same-zone peers come first: while one of them holds or is fetching the blob, peers of other
    * zones are not used, so a blob crosses between zones about once.
    */
-  private async ask(digest: string, providers: string[]): Promise<{ holding: string[]; fetching: number }> {
+  private async ask(
+    digest: string,
+    providers: string[],
+  ): Promise<{ holding: string[]; pending: string[]; refused: string[] }> {
     const { swarm, book, self } = this.opts;
     const known = new Map(swarm.peers().map((p) => [p.id, p]));
     const ranked = book.rank(providers.map((id) => known.get(id) ?? { id }));
     const answers = await Promise.all(
       ranked.map(async (peer) => {
+        const local = peer.zone === self.zone;
         try {
-          const answer = await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(2_000) });
-          return { id: peer.id, local: peer.zone === self.zone, answer };
+          const answer = await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(5_000) });
+          return { id: peer.id, local, answer, failed: false };
         } catch {
-          return { id: peer.id, local: peer.zone === self.zone, answer: undefined };
+          // No answer (busy, slow, gone) says nothing either way.
+          return { id: peer.id, local, answer: undefined, failed: true };
         }
       }),
     );
@@ -152,7 +186,8 @@ export class PeerPlanner implements SourcePlanner {
     const usable = local.length > 0 ? local : answers;
     return {
       holding: usable.filter(holds).map(({ id }) => id),
-      fetching: usable.filter(({ answer }) => answer === 'pending').length,
+      pending: usable.filter(({ answer }) => answer === 'pending').map(({ id }) => id),
+      refused: answers.filter((a) => !a.failed && a.answer === undefined).map(({ id }) => id),
     };
   }
 
