@@ -211,6 +211,7 @@ export class Agent {
         store,
         metrics,
         preheater: new Preheater(manifests, blobs, upstreams),
+        ...(p2p && { partials }),
         headBlob: async (registry, repository, digest) => {
           const head = await upstreams.client(registry).headBlob(repository, digest);
           await grants.grant(registry, repository, [digest]);

@@ -26,7 +26,7 @@ export interface FetchObserver {
  * Concurrent requests for one digest share one download.
  */
 export class BlobFetcher {
-  private readonly flights = new SingleFlight<string, StoredBlob>();
+  private readonly flights = new SingleFlight<string, StoredBlob & { afterMismatch?: boolean }>();
   /** Downloads outlive the requests that started them; only shutdown stops them. */
   private readonly lifetime = new AbortController();
 
@@ -51,7 +51,11 @@ export class BlobFetcher {
     return this.flights.size;
   }
 
-  async ensure(request: BlobRequest): Promise<StoredBlob> {
+  /**
+   * Makes the blob present. The result says `afterMismatch` when some bytes received on the way
+   * failed the digest: anything streamed from them to a client must then be cut off.
+   */
+  async ensure(request: BlobRequest): Promise<StoredBlob & { afterMismatch?: boolean }> {
     const stored = await this.store.get(request.digest);
     if (stored) return stored;
     return this.flights.run(request.digest.value, async () => {
@@ -64,7 +68,9 @@ export class BlobFetcher {
     });
   }
 
-  private async download(request: BlobRequest): Promise<StoredBlob> {
+  private async download(request: BlobRequest): Promise<StoredBlob & { afterMismatch?: boolean }> {
+    const mark = (stored: StoredBlob) => (mismatched ? { ...stored, afterMismatch: true } : stored);
+    let mismatched = false;
     const failures: { source: string; error: string }[] = [];
     const excluded = new Set<BlobSource>();
     const sources = await this.planner.plan(request);
@@ -91,7 +97,7 @@ export class BlobFetcher {
             contributors.add(source);
             if (opened.file && writer.bytesWritten === 0) {
               opened.body.destroy();
-              return await this.adopt(request, writer, opened.file, source.name);
+              return mark(await this.adopt(request, writer, opened.file, source.name));
             }
             if (source.kind === 'origin') this.observer.originStarted?.(request.digest.value);
             await this.copy(opened.body, writer, size, source);
@@ -116,10 +122,11 @@ export class BlobFetcher {
         const stored = await this.store.get(request.digest);
         if (!stored) throw new Error(`blob ${request.digest.value} vanished after commit`);
         this.observer.committed?.(stored.digest, stored.size);
-        return stored;
+        return mark(stored);
       } catch (err) {
         await writer.abort();
         if (!(err instanceof DigestMismatchError)) throw err;
+        mismatched = true;
         this.logger.error({ digest: request.digest.value, sources: err.source, err }, 'digest mismatch: bytes discarded');
         failures.push({ source: err.source, error: err.message });
         lastError = err;

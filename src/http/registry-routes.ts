@@ -8,10 +8,15 @@ import { toRegistryError, type Subject } from './error-mapping.js';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { parseRange } from './range.js';
 import { sendFileRange } from './send-file.js';
+import { sendWhileAssembling } from './send-assembling.js';
+import type { Partial, Partials } from '../fetch/partials.js';
+import type { StoredBlob } from '../store/blob-store.js';
 import { parseRegistryPath, type RegistryTarget, type UpstreamNames } from './registry-path.js';
 
 export interface RegistryDeps {
   metrics: Metrics;
+  /** Blobs the swarm is assembling (absent when p2p is off). */
+  partials?: Partials;
   upstreams: UpstreamNames;
   manifests: ManifestService;
   blobs: BlobFetcher;
@@ -94,7 +99,15 @@ async function serveBlob(
     return reply.header('Content-Length', String(size)).send();
   }
   const cached = await deps.store.get(digest);
-  const blob = cached ?? (await deps.blobs.ensure(target));
+  let blob = cached;
+  if (!blob) {
+    const ensuring = deps.blobs.ensure(target);
+    const rangeHeader = headerOf(request, 'range');
+    // A blob the swarm is assembling is fed to the client piece by piece as it is verified.
+    const partial = rangeHeader === undefined && deps.partials ? await assembling(deps.partials, digest.value, ensuring) : undefined;
+    if (partial?.table) return streamAssembling(request, reply, partial, partial.table.size, ensuring);
+    blob = await ensuring;
+  }
   const range = parseRange(headerOf(request, 'range'), blob.size);
   const start = range?.start ?? 0;
   const end = range?.end ?? blob.size - 1;
@@ -121,6 +134,47 @@ async function serveBlob(
   } finally {
     lease.release();
     void deps.store.touch(digest).catch(() => undefined);
+  }
+  return reply;
+}
+
+/** Waits until the download either finishes or becomes a swarm assembly with a known table. */
+async function assembling(partials: Partials, digest: string, ensuring: Promise<unknown>): Promise<Partial | undefined> {
+  let settled = false;
+  ensuring.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  while (!settled) {
+    const partial = partials.get(digest);
+    if (partial?.table && partial.have.some(Boolean)) return partial;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  return undefined;
+}
+
+async function streamAssembling(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  partial: Partial,
+  size: number,
+  ensuring: Promise<StoredBlob>,
+): Promise<FastifyReply> {
+  reply.header('Content-Length', String(size));
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, reply.getHeaders() as OutgoingHttpHeaders);
+  const started = performance.now();
+  try {
+    await sendWhileAssembling(res, partial, size, ensuring);
+    request.log.info(
+      { method: request.method, url: request.url, status: 200, bytes: size, ms: Math.round(performance.now() - started), streamed: true },
+      'request',
+    );
+  } catch (err) {
+    // Never a complete wrong blob: the client sees a cut connection instead.
+    request.log.warn({ url: request.url, err }, 'blob response aborted while assembling');
+    res.destroy();
   }
   return reply;
 }

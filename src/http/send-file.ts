@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 
 /** Size of each read; two buffers of it per response are all the memory a download takes. */
@@ -11,8 +11,15 @@ const CHUNK = 1024 * 1024;
  * the copy itself at GiB/s, and makes memory use follow the number of bytes served.
  * Resolves when the last byte is handed to the socket; rejects if the client goes away.
  */
-export async function sendFileRange(res: ServerResponse, path: string, start: number, end: number): Promise<void> {
-  const file = await open(path, 'r');
+export async function sendFileRange(
+  res: ServerResponse,
+  path: string | FileHandle,
+  start: number,
+  end: number,
+  opts: { end?: boolean } = {},
+): Promise<void> {
+  const owned = typeof path === 'string';
+  const file = owned ? await open(path, 'r') : path;
   const free: Buffer[] = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
   let waiting: (() => void) | undefined;
   let failure: Error | undefined;
@@ -39,6 +46,12 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
         waiting?.();
       });
     }
+    if (opts.end === false) {
+      // More follows from elsewhere: only wait until these bytes are handed to the socket.
+      while (free.length < 2 && !failure && !res.destroyed) await new Promise<void>((resolve) => (waiting = resolve));
+      if (failure) throw failure;
+      return;
+    }
     await new Promise<void>((resolve, reject) => {
       if (failure) return reject(failure);
       res.once('error', reject);
@@ -50,6 +63,6 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
     });
   } finally {
     res.off('close', onClose);
-    await file.close();
+    if (owned) await file.close();
   }
 }

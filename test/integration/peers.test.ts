@@ -176,7 +176,20 @@ describe('agents sharing blobs over libp2p', () => {
       await waitForPeers(b, 1);
       await liar.provide(layer);
       origin.reset();
-      await pull(b, `team/lied-${trueTable ? 'pieces' : 'table'}:v1`);
+      // A lying table is only caught when the whole blob fails its digest; the response that
+      // was already streaming is then cut short (never completed with wrong bytes, which skopeo
+      // would report as a digest mismatch), and the client's next attempt gets the real blob.
+      const ref = `${b.host}/team/lied-${trueTable ? 'pieces' : 'table'}:v1`;
+      const first = await skopeoPull(ref);
+      await first.remove();
+      expect(first.stderr).not.toMatch(/digest/i);
+      if (!first.ok) {
+        expect(trueTable).toBe(false);
+        const again = await skopeoPull(ref);
+        await again.remove();
+        expect(again.stderr).toBe('');
+        expect(again.ok).toBe(true);
+      }
       expect(b.agent.peerBook!.isPenalised(liar.peerId)).toBe(true);
       expect(await metric(b, 'shoal_peer_transfer_failures_total', { reason: 'verification' })).toBeGreaterThanOrEqual(1);
       // Every byte of the layer came from the origin once the lie was thrown away.
@@ -286,5 +299,79 @@ describe('eviction', () => {
     origin.reset();
     await pull(b, 'team/evict-a:v1');
     expect(origin.blobBytes()).toBeGreaterThanOrEqual(first.layerSizes[0]!);
+  });
+});
+
+describe('feeding the local client while the swarm assembles a blob', () => {
+  it('sends verified pieces before the whole blob is in', async () => {
+    const image = await push('team/stream:v1', [24 * 1024 * 1024]);
+    const layer = image.layerDigests[0]!;
+    const provider = await startAgent({ registries: registries(), p2p: { maxUploadRate: '8MiB' } });
+    agents.push(provider);
+    await pull(provider, 'team/stream:v1');
+    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
+    agents.push(b);
+    await waitForPeers(b, 1);
+    expect((await fetch(`${b.url}/v2/team/stream/manifests/v1`)).status).toBe(200);
+    const res = await fetch(`${b.url}/v2/team/stream/blobs/${layer}`);
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    const first = await reader.read();
+    expect(first.value!.length).toBeGreaterThan(0);
+    // The first bytes arrived while the blob was not yet whole in B's store.
+    expect(await b.agent.store.get(parseDigest(layer))).toBeUndefined();
+    let total = first.value!.length;
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) total += chunk.value.length;
+    expect(total).toBe(image.layerSizes[0]);
+    expect(await b.agent.store.get(parseDigest(layer))).toBeDefined();
+  });
+
+  it('cuts the response short when the assembled blob fails its digest', async () => {
+    const image = await push('team/cut:v1', [8 * 1024 * 1024]);
+    const layer = image.layerDigests[0]!;
+    const size = image.layerSizes[0]!;
+    const b = await startAgent({ registries: registries() });
+    agents.push(b);
+    const garbage = Buffer.alloc(size, 0x17);
+    const hasher = new PieceHasher(size);
+    hasher.update(garbage);
+    const table = hasher.finish();
+    const liar = await P2PNode.start({
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: bootstrapOf(b),
+      mdns: false,
+      zone: 'default',
+      keyFile: join(dir, 'cut-liar.key'),
+      logger: pino({ level: 'silent' }),
+      blobs: {
+        async open(digest, offset, length) {
+          if (digest !== layer) return undefined;
+          const end = length === undefined ? size : Math.min(size, offset + length);
+          return { size, body: Readable.from([garbage.subarray(offset, end)]) };
+        },
+      },
+      pieces: { info: async (digest) => (digest === layer ? { table, have: table.hashes.map(() => true) } : undefined) },
+    });
+    try {
+      await waitForPeers(b, 1);
+      await liar.provide(layer);
+      expect((await fetch(`${b.url}/v2/team/cut/manifests/v1`)).status).toBe(200);
+      const res = await fetch(`${b.url}/v2/team/cut/blobs/${layer}`);
+      let received = 0;
+      let failed = false;
+      try {
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) received += chunk.length;
+      } catch {
+        failed = true;
+      }
+      // The client got at most the garbage minus its last byte, then a cut connection.
+      expect(failed).toBe(true);
+      expect(received).toBeLessThan(size);
+      // The agent then fetched the real blob from the origin.
+      for (let i = 0; i < 100 && !(await b.agent.store.get(parseDigest(layer))); i++) await sleep(50);
+      expect((await b.agent.store.get(parseDigest(layer)))?.size).toBe(size);
+    } finally {
+      await liar.stop();
+    }
   });
 });
