@@ -97,6 +97,13 @@ export function encodeOk(size: number, length: number): Uint8Array {
   return out;
 }
 
+/** Reads the message of an ERROR answer (after its status byte): u16 length + UTF-8 text. */
+export async function readErrorAnswer(reader: StreamReader, peerId: string, signal?: AbortSignal): Promise<BlobProtocolError> {
+  const n = new DataView((await reader.readExactly(2, signal)).buffer).getUint16(0);
+  const message = decoder.decode(await reader.readExactly(n, signal));
+  return new BlobProtocolError(`error: ${message}`, peerId);
+}
+
 export function encodeError(message: string): Uint8Array {
   const text = encoder.encode(message.slice(0, 1000));
   const out = new Uint8Array(3 + text.byteLength);
@@ -267,11 +274,8 @@ export async function requestBlob(
         return undefined;
       case Status.BUSY:
         throw new PeerBusyError(peerId, req.digest);
-      case Status.ERROR: {
-        const n = new DataView((await reader.readExactly(2, signal)).buffer).getUint16(0);
-        const message = decoder.decode(await reader.readExactly(n, signal));
-        throw new BlobProtocolError(`error: ${message}`, peerId);
-      }
+      case Status.ERROR:
+        throw await readErrorAnswer(reader, peerId, signal);
       default:
         throw new BlobProtocolError(`unknown status ${status}`, peerId);
     }

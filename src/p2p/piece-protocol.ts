@@ -2,7 +2,7 @@ import type { Connection, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
 import { decodeBitfield, encodeBitfield, pieceCount, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
 import { tryParseDigest } from '../oci/digest.js';
-import { encodeError, Status } from './blob-protocol.js';
+import { encodeError, readErrorAnswer, Status } from './blob-protocol.js';
 import { DEFAULT_PROTOCOL_PREFIX, protocolIds } from './config.js';
 import { BlobProtocolError } from './errors.js';
 import { StreamReader, sendAll } from './stream-io.js';
@@ -206,11 +206,8 @@ export async function requestPieceInfo(
       case Status.PENDING:
         reader.dispose();
         return 'pending';
-      case Status.ERROR: {
-        const n = new DataView((await reader.readExactly(2, signal)).buffer).getUint16(0);
-        const message = decoder.decode(await reader.readExactly(n, signal));
-        throw new BlobProtocolError(`error: ${message}`, peerId);
-      }
+      case Status.ERROR:
+        throw await readErrorAnswer(reader, peerId, signal);
       default:
         throw new BlobProtocolError(`unknown status ${status}`, peerId);
     }

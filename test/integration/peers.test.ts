@@ -4,7 +4,7 @@ import { Readable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDigest } from '../../src/oci/digest.js';
-import { PieceHasher } from '../../src/fetch/piece-table.js';
+import { PieceHasher, type PieceTable } from '../../src/fetch/piece-table.js';
 import { P2PNode } from '../../src/p2p/node.js';
 import { generateSwarmKey } from '../../src/p2p/psk.js';
 import { startAgent, type TestAgent } from '../helpers/agent.js';
@@ -39,6 +39,44 @@ async function push(repo: string, layers: number[]): Promise<PushedImage> {
   const pushed = await pushImage(local, registry, repo);
   await local.remove();
   return pushed;
+}
+
+/**
+ * An agent that holds an image and uploads slowly (8 MiB/s), and an agent that joins after it
+ * pulled (so it was never asked to fetch anything itself) and has resolved the manifest.
+ */
+async function slowProviderAndJoiner(repo: string, layers: number[]) {
+  const image = await push(`${repo}:v1`, layers);
+  const provider = await startAgent({ registries: registries(), p2p: { maxUploadRate: '8MiB' } });
+  agents.push(provider);
+  await pull(provider, `${repo}:v1`);
+  const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
+  agents.push(b);
+  await waitForPeers(b, 1);
+  // B learns the layer is its to read from the manifest.
+  expect((await fetch(`${b.url}/v2/${repo}/manifests/v1`)).status).toBe(200);
+  return { image, provider, b };
+}
+
+/** A test peer that speaks Shoal's protocols, provides a layer and serves garbage of its size. */
+async function startLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; bootstrap: string[]; key: string }) {
+  const { layer, size, table, garbage } = opts;
+  return P2PNode.start({
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    bootstrap: opts.bootstrap,
+    mdns: false,
+    zone: 'default',
+    keyFile: join(dir, opts.key),
+    logger: pino({ level: 'silent' }),
+    blobs: {
+      async open(digest, offset, length) {
+        if (digest !== layer) return undefined;
+        const end = length === undefined ? size : Math.min(size, offset + length);
+        return { size, body: Readable.from([garbage.subarray(offset, end)]) };
+      },
+    },
+    pieces: { info: async (digest) => (digest === layer ? { table, have: table.hashes.map(() => true) } : undefined) },
+  });
 }
 
 beforeAll(async () => {
@@ -101,19 +139,9 @@ describe('agents sharing blobs over libp2p', () => {
   });
 
   it('resumes from the byte reached when the provider dies mid-transfer', async () => {
-    const image = await push('team/big:v1', [24 * 1024 * 1024]);
+    const { image, provider, b } = await slowProviderAndJoiner('team/big', [24 * 1024 * 1024]);
     const layer = image.layerDigests[0]!;
     const size = image.layerSizes[0]!;
-    // The provider uploads at 8 MiB/s, so the transfer is still running when it is stopped.
-    const provider = await startAgent({ registries: registries(), p2p: { maxUploadRate: '8MiB' } });
-    agents.push(provider);
-    await pull(provider, 'team/big:v1');
-    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
-    agents.push(b);
-    await waitForPeers(b, 1);
-    // B learns the layer is its to read from the manifest, then fetches the layer.
-    const manifest = await fetch(`${b.url}/v2/team/big/manifests/v1`);
-    expect(manifest.status).toBe(200);
     origin.reset();
     const peerBefore = await metric(b, 'shoal_blob_bytes_total', { source: 'peer' });
     const originBefore = await metric(b, 'shoal_blob_bytes_total', { source: 'origin' });
@@ -152,26 +180,7 @@ describe('agents sharing blobs over libp2p', () => {
     const hasher = new PieceHasher(size);
     hasher.update(trueTable ? real : garbage);
     const table = hasher.finish();
-    const liar = await P2PNode.start({
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: bootstrapOf(b),
-      mdns: false,
-      zone: 'default',
-      keyFile: join(dir, `liar-${String(trueTable)}.key`),
-      logger: pino({ level: 'silent' }),
-      blobs: {
-        async open(digest, offset, length) {
-          if (digest !== layer) return undefined;
-          const end = length === undefined ? size : Math.min(size, offset + length);
-          return { size, body: Readable.from([garbage.subarray(offset, end)]) };
-        },
-      },
-      pieces: {
-        async info(digest) {
-          return digest === layer ? { table, have: table.hashes.map(() => true) } : undefined;
-        },
-      },
-    });
+    const liar = await startLiar({ layer, size, table, garbage, bootstrap: bootstrapOf(b), key: `liar-${String(trueTable)}.key` });
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
@@ -304,15 +313,8 @@ describe('eviction', () => {
 
 describe('feeding the local client while the swarm assembles a blob', () => {
   it('sends verified pieces before the whole blob is in', async () => {
-    const image = await push('team/stream:v1', [24 * 1024 * 1024]);
+    const { image, b } = await slowProviderAndJoiner('team/stream', [24 * 1024 * 1024]);
     const layer = image.layerDigests[0]!;
-    const provider = await startAgent({ registries: registries(), p2p: { maxUploadRate: '8MiB' } });
-    agents.push(provider);
-    await pull(provider, 'team/stream:v1');
-    const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(provider) } });
-    agents.push(b);
-    await waitForPeers(b, 1);
-    expect((await fetch(`${b.url}/v2/team/stream/manifests/v1`)).status).toBe(200);
     const res = await fetch(`${b.url}/v2/team/stream/blobs/${layer}`);
     expect(res.status).toBe(200);
     const reader = res.body!.getReader();
@@ -336,22 +338,7 @@ describe('feeding the local client while the swarm assembles a blob', () => {
     const hasher = new PieceHasher(size);
     hasher.update(garbage);
     const table = hasher.finish();
-    const liar = await P2PNode.start({
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: bootstrapOf(b),
-      mdns: false,
-      zone: 'default',
-      keyFile: join(dir, 'cut-liar.key'),
-      logger: pino({ level: 'silent' }),
-      blobs: {
-        async open(digest, offset, length) {
-          if (digest !== layer) return undefined;
-          const end = length === undefined ? size : Math.min(size, offset + length);
-          return { size, body: Readable.from([garbage.subarray(offset, end)]) };
-        },
-      },
-      pieces: { info: async (digest) => (digest === layer ? { table, have: table.hashes.map(() => true) } : undefined) },
-    });
+    const liar = await startLiar({ layer, size, table, garbage, bootstrap: bootstrapOf(b), key: 'cut-liar.key' });
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
