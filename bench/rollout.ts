@@ -1,10 +1,11 @@
 /**
- * bench:rollout — a fresh image rolled out to N nodes at once, the origin behind a thin uplink
- * (a throttling proxy that caps the origin's total egress). Side by side in one run: N plain
- * pulls straight from the origin, then N pulls through N Shoal agents. Prints origin egress ÷
- * image size and rollout time ÷ naive time.
+ * bench:rollout — a fresh image rolled out to N nodes at once, the origin behind a thin uplink:
+ * as root, the origin runs in a network namespace whose veth link is shaped with tc; otherwise
+ * (or with --proxy-uplink) a throttling proxy caps the origin's total egress. Side by side in
+ * one run: N plain pulls straight from the origin, then N pulls through N Shoal agents (each
+ * its own process). Prints origin egress ÷ image size and rollout time ÷ naive time.
  *
- *   npm run bench:rollout [-- --agents 8 --image-mib 100 --uplink-mib 40 --runs 1]
+ *   npm run bench:rollout [-- --agents 8 --image-mib 100 --uplink-mib 40 --runs 1 --proxy-uplink]
  */
 import '../src/polyfill.js';
 import { parseArgs } from 'node:util';
@@ -15,6 +16,7 @@ import { skopeoPull } from '../test/helpers/skopeo.js';
 import { join } from 'node:path';
 import { makeTempDir, removeTempDir } from '../test/helpers/tmp.js';
 import { AgentProcess } from './agent-process.js';
+import { canShape, shapedNamespace } from './uplink.js';
 import { median, MiB } from './lib.js';
 
 const { values } = parseArgs({
@@ -23,6 +25,7 @@ const { values } = parseArgs({
     'image-mib': { type: 'string', default: '100' },
     'uplink-mib': { type: 'string', default: '40' },
     runs: { type: 'string', default: '1' },
+    'proxy-uplink': { type: 'boolean', default: false },
   },
 });
 const n = Number(values.agents);
@@ -31,8 +34,12 @@ const uplink = Number(values['uplink-mib']) * MiB;
 const runs = Number(values.runs);
 
 const work = await makeTempDir('shoal-bench-rollout-');
-const registry = await startRegistry();
+const shaped = !values['proxy-uplink'] && (await canShape()) ? await shapedNamespace(uplink) : undefined;
+const registry = await startRegistry(shaped ? { netns: { name: shaped.name, address: shaped.address } } : {});
+// The counting proxy measures origin egress; it throttles only when no shaped link does.
 const origin = await startCountingProxy(registry);
+const throttle = (on: boolean) => origin.setRateLimit(on && !shaped ? uplink : null);
+const uplinkKind = shaped ? 'network namespace + tc tbf' : 'throttling proxy';
 
 async function pullAll(hosts: string[], ref: string): Promise<number> {
   const started = performance.now();
@@ -82,14 +89,14 @@ try {
     const shoalImage = await pushImage(local2, registry, `bench/shoal${run}:v1`);
     await local2.remove();
 
-    origin.setRateLimit(uplink);
+    throttle(true);
     origin.reset();
     const naive = await pullAll(Array.from({ length: n }, () => origin.host), `bench/naive${run}:v1`);
     const naiveEgress = origin.blobBytes();
 
-    origin.setRateLimit(null);
+    throttle(false);
     const fleet = await startFleet(n, run);
-    origin.setRateLimit(uplink);
+    throttle(true);
     origin.reset();
     const shoal = await pullAll(fleet.map((a) => a.host), `bench/shoal${run}:v1`);
     const shoalEgress = origin.blobBytes();
@@ -101,12 +108,13 @@ try {
     );
   }
   const image = rows[0]!.image;
-  console.log(`${n} nodes, image ${(image / MiB).toFixed(0)} MiB of blobs, origin uplink ${values['uplink-mib']} MiB/s (throttling proxy), ${runs} run(s), medians`);
+  console.log(`${n} nodes, image ${(image / MiB).toFixed(0)} MiB of blobs, origin uplink ${values['uplink-mib']} MiB/s (${uplinkKind}), ${runs} run(s), medians`);
   console.log(`  naive: ${median(rows.map((r) => r.naive)).toFixed(1)} s, origin egress ÷ image ${median(rows.map((r) => r.naiveEgress)).toFixed(2)}`);
   console.log(`  shoal: ${median(rows.map((r) => r.shoal)).toFixed(1)} s, origin egress ÷ image ${median(rows.map((r) => r.shoalEgress)).toFixed(2)}   (target ≤ 1.1)`);
   console.log(`  rollout time ÷ naive time: ${median(rows.map((r) => r.shoal / r.naive)).toFixed(2)}   (target ≤ 0.3)`);
 } finally {
   await origin.stop();
   await registry.close();
+  await shaped?.remove();
   await removeTempDir(work);
 }

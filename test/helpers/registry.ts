@@ -15,6 +15,8 @@ export type RegistryAuth =
 
 export interface RegistryOptions {
   auth?: RegistryAuth;
+  /** Run inside a network namespace the caller made, listening on its address (port 5000). */
+  netns?: { name: string; address: string };
 }
 
 export interface Registry {
@@ -76,7 +78,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
             delete: { enabled: true },
             maintenance: { uploadpurging: { enabled: false } },
           },
-          http: { addr: `127.0.0.1:${port}`, secret: randomBytes(16).toString('hex') },
+          http: { addr: `${host}:${port}`, secret: randomBytes(16).toString('hex') },
           health: { storagedriver: { enabled: false } },
           ...(auth ? { auth } : {}),
         },
@@ -88,17 +90,21 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   // Keep REGISTRY_* variables of the surrounding environment from overriding our config.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
 
+  const host = opts.netns?.address ?? '127.0.0.1';
   let port = 0;
   let daemon: Daemon | undefined;
   const launch = async (): Promise<void> => {
-    daemon = startDaemon(REGISTRY_BIN, ['serve', configFile], logFile, env);
-    const url = `http://127.0.0.1:${port}`;
+    daemon = opts.netns
+      ? startDaemon('ip', ['netns', 'exec', opts.netns.name, REGISTRY_BIN, 'serve', configFile], logFile, env)
+      : startDaemon(REGISTRY_BIN, ['serve', configFile], logFile, env);
+    const url = `http://${host}:${port}`;
     await waitFor(`registry on ${url}`, () => registryAnswers(url), { daemon, timeoutMs: 30_000 });
   };
 
   // The free port may be taken between probing and binding: retry with a new one.
   for (let attempt = 1; ; attempt++) {
-    port = await freePort();
+    // Inside its own namespace the registry has every port to itself.
+    port = opts.netns ? 5000 : await freePort();
     await writeConfig(port);
     try {
       await launch();
@@ -113,8 +119,8 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   }
 
   const reg: Registry = {
-    url: `http://127.0.0.1:${port}`,
-    host: `127.0.0.1:${port}`,
+    url: `http://${host}:${port}`,
+    host: `${host}:${port}`,
     port,
     dataDir,
     logFile,
