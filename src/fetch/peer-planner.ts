@@ -105,16 +105,19 @@ export class PeerPlanner implements SourcePlanner {
         lookedUp = performance.now();
       }
       const answers = await this.ask(digest, providers);
-      // A peer that elected this agent asked it to fetch: it fetches, whatever its own view.
-      if (answers.holding.length > 0 || elected || this.opts.askedToFetch?.(digest)) return answers.holding;
+      if (answers.local.length > 0) return answers.local;
+      // A blob enters a zone through the zone's elected fetcher (from another zone's holders if
+      // there are any, else from the origin); the rest of the zone takes it from inside, so it
+      // crosses between zones about once.
+      if (elected || this.opts.askedToFetch?.(digest)) return answers.remote;
       for (const peer of answers.pending) fetching.add(peer);
       for (const peer of answers.refused) fetching.delete(peer);
       if (fetching.size === 0 && !asked) {
-        // Nobody is fetching it yet: ask the elected fetchers to start now rather than wait for
-        // their own clients to need it. If none will, fetch it oneself at once.
+        // Nobody of the zone is fetching it yet: ask the elected fetchers to start now rather
+        // than wait for their own clients to need it. If none will, fetch it oneself at once.
         asked = true;
         const accepted = await this.askToFetch(request, fetchers);
-        if (accepted.length === 0) return [];
+        if (accepted.length === 0) return answers.remote;
         for (const peer of accepted) fetching.add(peer);
         providers = [...new Set([...providers, ...accepted])];
       }
@@ -124,8 +127,8 @@ export class PeerPlanner implements SourcePlanner {
       const waited = performance.now() - started;
       const limit = fetching.size > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
       if (waited >= limit) {
-        this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer got the blob in time: fetching it from the origin');
-        return [];
+        this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer of the zone got the blob in time: fetching it itself');
+        return answers.remote;
       }
       await new Promise((resolve) => setTimeout(resolve, pause));
       pause = Math.min(pause * 1.5, MAX_POLL_MS);
@@ -165,7 +168,7 @@ export class PeerPlanner implements SourcePlanner {
   private async ask(
     digest: string,
     providers: string[],
-  ): Promise<{ holding: string[]; pending: string[]; refused: string[] }> {
+  ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[] }> {
     const { swarm, book, self } = this.opts;
     const known = new Map(swarm.peers().map((p) => [p.id, p]));
     const ranked = book.rank(providers.map((id) => known.get(id) ?? { id }));
@@ -182,11 +185,10 @@ export class PeerPlanner implements SourcePlanner {
       }),
     );
     const holds = (a: (typeof answers)[number]) => typeof a.answer === 'object' && a.answer.have.some(Boolean);
-    const local = answers.filter((a) => a.local && (holds(a) || a.answer === 'pending'));
-    const usable = local.length > 0 ? local : answers;
     return {
-      holding: usable.filter(holds).map(({ id }) => id),
-      pending: usable.filter(({ answer }) => answer === 'pending').map(({ id }) => id),
+      local: answers.filter((a) => a.local && holds(a)).map(({ id }) => id),
+      remote: answers.filter((a) => !a.local && holds(a)).map(({ id }) => id),
+      pending: answers.filter((a) => a.local && a.answer === 'pending').map(({ id }) => id),
       refused: answers.filter((a) => !a.failed && a.answer === undefined).map(({ id }) => id),
     };
   }
