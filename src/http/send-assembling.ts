@@ -25,7 +25,14 @@ export async function sendWhileAssembling(
     (err: unknown) => (failure = err),
   );
   // Our own descriptor: the bytes stay readable even after the partial file is moved or removed.
-  const file = await open(partial.path, 'r');
+  // It may already have been moved (the assembly just finished): then the store serves it all.
+  const file = await open(partial.path, 'r').catch(() => undefined);
+  if (!file) {
+    const blob = await done;
+    if (blob.size !== size) throw new Error(`blob is ${blob.size} bytes, not the ${size} announced`);
+    await sendFileRange(res, blob.path, 0, size - 1);
+    return;
+  }
   let sent = 0;
   try {
     for (;;) {
