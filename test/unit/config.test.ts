@@ -131,6 +131,14 @@ describe('parseConfig errors', () => {
     expect(errorOf({ p2p: { peers: [] } }).message).toBe('p2p.peers: unknown key');
   });
 
+  it('takes rate limits as sizes a second', () => {
+    const c = parseConfig({ upstreams: { maxRate: '20MiB' }, p2p: { maxUploadRate: '100MB' } });
+    expect(c.upstreams.maxRate).toBe(20 * 2 ** 20);
+    expect(c.p2p.maxUploadRate).toBe(100_000_000);
+    expect(parseConfig({}).upstreams.maxRate).toBeUndefined();
+    expect(errorOf({ upstreams: { maxRate: 'fast' } }).message).toMatch(/^upstreams\.maxRate: must be a size/);
+  });
+
   it('checks the p2p section', () => {
     const c = parseConfig({
       p2p: {
