@@ -70,6 +70,8 @@ export class SwarmSource implements BlobSource {
         source: this.pieces,
         file: partial.file,
         signal,
+        // Four pieces in flight per peer keep a single provider's stream busy (measured).
+        maxInFlightPerPeer: 4,
         onTable: (table) => {
           partial.table = table;
           partial.have = new Array<boolean>(table.hashes.length).fill(false);
