@@ -20,7 +20,7 @@ export const systemLookup: Lookup = async (host, family) => {
 /**
  * Parses a bootstrap entry: a multiaddr ("/ip4/10.0.0.5/tcp/4001[/p2p/<id>]",
  * "/dns4/shoal.ns.svc.cluster.local/tcp/4001"), or "host[:port]" / "[v6][:port]" where host is
- * an IP or a DNS name (port 4001 when omitted). Throws on anything else.
+ * an IP or a DNS name (port DEFAULT_P2P_PORT, 30021, when omitted). Throws on anything else.
  */
 export function parseBootstrapEntry(source: string): BootstrapEntry {
   const s = source.trim();

@@ -1,6 +1,6 @@
 /** Options of the libp2p node (the `p2p` section of the agent config, plus paths the agent derives). */
 export interface P2POptions {
-  /** Multiaddrs to listen on, e.g. ['/ip4/0.0.0.0/tcp/4001']. */
+  /** Multiaddrs to listen on, e.g. ["/ip4/0.0.0.0/tcp/30021"]. */
   listen: string[];
   /**
    * Multiaddrs (with or without /p2p/<id>), "host:port" or "/dns4|dns6|dns/<name>/tcp/<port>" entries.
@@ -30,8 +30,8 @@ export const DEFAULT_PROTOCOL_PREFIX = '/shoal';
 export const DEFAULT_ZONE = 'default';
 export const DEFAULT_MAX_UPLOADS = 16;
 export const DEFAULT_BOOTSTRAP_INTERVAL_MS = 30_000;
-/** Port assumed for a bootstrap "host" given without one. */
-export const DEFAULT_P2P_PORT = 4001;
+/** The p2p port of the default `p2p.listen`, assumed for a bootstrap host given without one. */
+export const DEFAULT_P2P_PORT = 30021;
 
 export interface ProtocolIds {
   dht: string;

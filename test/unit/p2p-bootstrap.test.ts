@@ -59,7 +59,7 @@ describe('parseBootstrapEntry', () => {
     expect(parseBootstrapEntry('/dns6/x.local/tcp/9')).toMatchObject({ kind: 'dns', family: 6, port: 9 });
     expect(parseBootstrapEntry('/dns/x.local/tcp/9')).toMatchObject({ kind: 'dns', family: 0 });
     expect(parseBootstrapEntry('shoal.ns.svc.cluster.local:4001')).toMatchObject({ kind: 'dns', host: 'shoal.ns.svc.cluster.local', port: 4001, family: 0 });
-    expect(parseBootstrapEntry('shoal-peers')).toMatchObject({ kind: 'dns', host: 'shoal-peers', port: 4001 });
+    expect(parseBootstrapEntry('shoal-peers')).toMatchObject({ kind: 'dns', host: 'shoal-peers', port: 30021 });
     expect(parseBootstrapEntry('localhost:5001')).toMatchObject({ kind: 'dns', host: 'localhost', port: 5001 });
   });
 
@@ -69,7 +69,7 @@ describe('parseBootstrapEntry', () => {
     const v6 = parseBootstrapEntry('[fd00::1]:4003');
     expect(v6.kind === 'addr' && v6.addr.toString()).toBe('/ip6/fd00::1/tcp/4003');
     const bare = parseBootstrapEntry('fd00::1');
-    expect(bare.kind === 'addr' && bare.addr.toString()).toBe('/ip6/fd00::1/tcp/4001');
+    expect(bare.kind === 'addr' && bare.addr.toString()).toBe('/ip6/fd00::1/tcp/30021');
   });
 
   it('refuses what it cannot dial', () => {
