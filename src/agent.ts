@@ -23,6 +23,8 @@ import { P2PNode } from './p2p/node.js';
 import { PeerBook } from './p2p/peer-book.js';
 import { tryParseDigest } from './oci/digest.js';
 import { BlobStore } from './store/blob-store.js';
+import { RecentErrors } from './recent-errors.js';
+import { VERSION } from './version.js';
 import { throttle, TokenBucket } from './throttle.js';
 
 export interface AgentOptions {
@@ -61,6 +63,8 @@ export class Agent {
     });
     const upstreams = new Upstreams(config.upstreams, logger.child({ part: 'origin' }));
     const grants = new Grants(store.metadata);
+    const recentErrors = new RecentErrors();
+    const startedAt = Date.now();
     const cleanup = async () => {
       await p2p?.stop();
       await upstreams.close();
@@ -185,6 +189,8 @@ export class Agent {
         void provideAll(store, node, logger);
       }
       const blobs = new BlobFetcher(store, planner, logger.child({ part: 'fetch' }), {
+        failure: (source, error, digest) => recentErrors.add(`${source.name}: ${(error as Error).message ?? String(error)}`, digest),
+        mismatch: (digest, message) => recentErrors.add(message, digest),
         bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
         // Announced as soon as an origin download starts, so the zone's other agents wait for
         // this one instead of going to the origin too.
@@ -211,6 +217,30 @@ export class Agent {
         store,
         metrics,
         preheater: new Preheater(manifests, blobs, upstreams),
+        status: async () => ({
+          ...(p2p && { id: p2p.peerId }),
+          ...(config.p2p.enabled && { zone: config.p2p.zone }),
+          version: VERSION,
+          uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+          registry: config.registry.listen,
+          p2p: { enabled: config.p2p.enabled, addresses: p2p?.multiaddrs() ?? [] },
+          peers: p2p?.peers() ?? [],
+          transfers: blobs.transfers().map((t) => {
+            const partial = partials.get(t.digest);
+            const table = partial?.table;
+            return {
+              digest: t.digest,
+              repository: t.repository,
+              bytes: t.bytes,
+              ...(t.size !== undefined && { size: t.size }),
+              sources: t.sources,
+              seconds: Math.round((Date.now() - t.startedAt) / 100) / 10,
+              ...(table && partial && { size: table.size, pieces: { have: partial.have.filter(Boolean).length, total: table.hashes.length } }),
+            };
+          }),
+          cache: { bytes: store.size, maxBytes: store.maxSize, blobs: store.count },
+          recentErrors: recentErrors.list(),
+        }),
         ...(p2p && { partials }),
         headBlob: async (registry, repository, digest) => {
           const head = await upstreams.client(registry).headBlob(repository, digest);

@@ -7,6 +7,8 @@ import { defaultMirror, writeContainerdHosts } from './config/containerd-hosts.j
 import { DEFAULT_LISTEN } from './config/schema.js';
 import type { PreheatProgress } from './fetch/preheat.js';
 import { formatBytes, ProgressBar } from './progress-bar.js';
+import type { AgentStatus } from './http/status-routes.js';
+import { formatStatus } from './status-text.js';
 import { access } from 'node:fs/promises';
 
 const USAGE = `usage: shoal <command> [options]
@@ -17,6 +19,8 @@ commands:
                                               write <DIR>/<registry>/hosts.toml for every configured registry
   pull REF [--platform OS/ARCH] [--agent URL] [--config FILE]
                                               ask a running agent to fetch an image ahead of a rollout
+  status [--json] [--agent URL] [--config FILE]
+                                              print a running agent's peers, transfers, cache and recent errors
 `;
 
 /** Exit statuses: 2 for a bad command line or config, 1 for a failure at run time. */
@@ -31,6 +35,8 @@ async function main(argv: string[]): Promise<number> {
       return runContainerdConfig(rest);
     case 'pull':
       return runPull(rest);
+    case 'status':
+      return runStatus(rest);
     case undefined:
     case '-h':
     case '--help':
@@ -67,6 +73,26 @@ async function agentUrl(agent: string | undefined, configFile: string): Promise<
     return `http://${DEFAULT_LISTEN}`;
   }
   return defaultMirror((await loadConfig(configFile)).registry.listen);
+}
+
+async function runStatus(args: string[]): Promise<number> {
+  const values = options(args, {
+    json: { type: 'boolean' },
+    agent: { type: 'string' },
+    config: { type: 'string', default: './agent.config.json' },
+  });
+  const base = await agentUrl(values.agent as string | undefined, values.config as string);
+  let status: AgentStatus;
+  try {
+    const res = await fetch(`${base}/status`);
+    if (res.status !== 200) throw new Error(`answered ${res.status}`);
+    status = (await res.json()) as AgentStatus;
+  } catch (err) {
+    process.stderr.write(`shoal: cannot read the agent's status at ${base}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  process.stdout.write(values.json ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status));
+  return 0;
 }
 
 async function runPull(args: string[]): Promise<number> {

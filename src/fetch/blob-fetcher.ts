@@ -10,9 +10,11 @@ import type { BlobRequest, BlobSource, SourceBody, SourcePlanner } from './sourc
 export interface FetchObserver {
   /** Bytes that reached the store from a source (counted as written, before verification). */
   bytes?(kind: 'peer' | 'origin', count: number): void;
-  failure?(source: BlobSource, error: unknown): void;
+  failure?(source: BlobSource, error: unknown, digest: string): void;
   /** A download from the origin began (its body is about to flow). */
   originStarted?(digest: string): void;
+  /** Bytes of a download failed the digest and were discarded. */
+  mismatch?(digest: string, message: string): void;
   /** A download ended, committed or not. */
   finished?(digest: string): void;
   /** A blob was verified and committed to the store. */
@@ -27,6 +29,8 @@ export interface FetchObserver {
  */
 export class BlobFetcher {
   private readonly flights = new SingleFlight<string, StoredBlob & { afterMismatch?: boolean }>();
+  /** Progress of each download in flight, for the status page. */
+  private readonly progress = new Map<string, TransferProgress>();
   /** Downloads outlive the requests that started them; only shutdown stops them. */
   private readonly lifetime = new AbortController();
 
@@ -40,6 +44,11 @@ export class BlobFetcher {
   /** Stops every download in flight (at shutdown). */
   close(): void {
     this.lifetime.abort(new Error('agent is shutting down'));
+  }
+
+  /** Downloads in flight: digest, bytes so far (into the store's writer), size, sources tried. */
+  transfers(): TransferProgress[] {
+    return [...this.progress.values()].map((t) => ({ ...t, sources: [...t.sources] }));
   }
 
   isDownloading(digest: string): boolean {
@@ -69,6 +78,16 @@ export class BlobFetcher {
   }
 
   private async download(request: BlobRequest): Promise<StoredBlob & { afterMismatch?: boolean }> {
+    const progress: TransferProgress = { digest: request.digest.value, repository: request.repository, bytes: 0, sources: [], startedAt: Date.now() };
+    this.progress.set(request.digest.value, progress);
+    try {
+      return await this.run(request, progress);
+    } finally {
+      this.progress.delete(request.digest.value);
+    }
+  }
+
+  private async run(request: BlobRequest, progress: TransferProgress): Promise<StoredBlob & { afterMismatch?: boolean }> {
     const mark = (stored: StoredBlob) => (mismatched ? { ...stored, afterMismatch: true } : stored);
     let mismatched = false;
     const failures: { source: string; error: string }[] = [];
@@ -95,12 +114,14 @@ export class BlobFetcher {
               throw new Error(`declares size ${declared}, another source declared ${size}`);
             }
             contributors.add(source);
+            progress.sources.push(source.name);
+            if (size !== undefined) progress.size = size;
             if (opened.file && writer.bytesWritten === 0) {
               opened.body.destroy();
               return mark(await this.adopt(request, writer, opened.file, source.name));
             }
             if (source.kind === 'origin') this.observer.originStarted?.(request.digest.value);
-            await this.copy(opened.body, writer, size, source);
+            await this.copy(opened.body, writer, size, source, progress);
             size ??= writer.bytesWritten;
             if (writer.bytesWritten === size) break;
             throw new Error(`stream ended at byte ${writer.bytesWritten} of ${size}`);
@@ -109,7 +130,7 @@ export class BlobFetcher {
             if (err instanceof DigestMismatchError) throw err;
             lastError = err;
             failures.push({ source: source.name, error: String((err as Error).message ?? err) });
-            this.observer.failure?.(source, err);
+            this.observer.failure?.(source, err, request.digest.value);
             this.logger.warn({ digest: request.digest.value, source: source.name, err }, 'blob source failed');
           }
         }
@@ -128,6 +149,7 @@ export class BlobFetcher {
         if (!(err instanceof DigestMismatchError)) throw err;
         mismatched = true;
         this.logger.error({ digest: request.digest.value, sources: err.source, err }, 'digest mismatch: bytes discarded');
+        this.observer.mismatch?.(request.digest.value, err.message);
         failures.push({ source: err.source, error: err.message });
         lastError = err;
         for (const source of contributors) {
@@ -167,7 +189,13 @@ export class BlobFetcher {
    * Chunks are taken from 'data' events: an async iterator over a byte stream calls read(),
    * which concatenates (copies) everything buffered, a measurable cost at a GiB a second.
    */
-  private copy(body: Readable, writer: BlobWriter, size: number | undefined, source: BlobSource): Promise<void> {
+  private copy(
+    body: Readable,
+    writer: BlobWriter,
+    size: number | undefined,
+    source: BlobSource,
+    progress: TransferProgress,
+  ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let batch: Uint8Array[] = [];
       let batched = 0;
@@ -182,6 +210,7 @@ export class BlobFetcher {
         batched = 0;
         inflight = inflight.then(async () => {
           await writer.write(chunks);
+          progress.bytes = writer.bytesWritten;
           if (!source.countsOwnBytes) this.observer.bytes?.(source.kind, bytes);
         });
         return inflight;
@@ -226,6 +255,17 @@ export class BlobFetcher {
       body.on('data', onData).once('end', onEnd).once('error', finish).once('close', onClose);
     });
   }
+}
+
+export interface TransferProgress {
+  digest: string;
+  repository: string;
+  /** Bytes in the store's writer so far (a swarm assembly reports its pieces separately). */
+  bytes: number;
+  size?: number;
+  /** Sources used so far, in order (`origin`, `swarm(3)`). */
+  sources: string[];
+  startedAt: number;
 }
 
 /** Bytes gathered before one vectored write to the temporary file. */

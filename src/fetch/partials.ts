@@ -32,6 +32,10 @@ export class Partials {
     return partial;
   }
 
+  all(): Partial[] {
+    return [...this.byDigest.values()];
+  }
+
   get(digest: string): Partial | undefined {
     return this.byDigest.get(digest);
   }

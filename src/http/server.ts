@@ -5,12 +5,14 @@ import { randomUUID } from 'node:crypto';
 import { RegistryError } from '../oci/errors.js';
 import type { Preheater } from '../fetch/preheat.js';
 import { preheatRoutes } from './preheat-routes.js';
+import { statusRoutes, type AgentStatus } from './status-routes.js';
 import { registryRoutes, sendError, type RegistryDeps } from './registry-routes.js';
 
 const SOCKET_HIGH_WATER_MARK = 4 * 1024 * 1024;
 
 export interface ServerDeps extends RegistryDeps {
   logger: Logger;
+  status: () => Promise<AgentStatus>;
   preheater: Preheater;
   /** Whether the agent can serve (store open, …). */
   ready(): boolean;
@@ -51,6 +53,7 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
 
   registryRoutes(app, deps);
   preheatRoutes(app, deps.preheater);
+  statusRoutes(app, deps.status);
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/metrics', async (_request, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.text()));
   app.get('/readyz', async (_request, reply) => {

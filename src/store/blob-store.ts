@@ -72,6 +72,11 @@ export class BlobStore {
     return this.total;
   }
 
+  /** Blobs held. */
+  get count(): number {
+    return this.sizes.size;
+  }
+
   get maxSize(): number {
     return this.opts.maxSize;
   }

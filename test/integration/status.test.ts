@@ -1,0 +1,95 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AgentStatus } from '../../src/http/status-routes.js';
+import { startAgent, type TestAgent } from '../helpers/agent.js';
+import { shoal } from '../helpers/cli.js';
+import { startCountingProxy, type CountingProxy } from '../helpers/counting-proxy.js';
+import { makeImage, pushImage, type PushedImage } from '../helpers/images.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
+import { skopeoPull } from '../helpers/skopeo.js';
+import { bootstrapOf, waitForPeers } from '../helpers/swarm.js';
+
+let registry: Registry;
+let origin: CountingProxy;
+let image: PushedImage;
+let a: TestAgent;
+let b: TestAgent;
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  origin = await startCountingProxy(registry);
+  const local = await makeImage({ layers: [8 * 1024 * 1024] });
+  image = await pushImage(local, registry, 'team/app:v1');
+  await local.remove();
+  const registries = { [origin.host]: { url: origin.url } };
+  a = await startAgent({ registries, p2p: { zone: 'rack-1' } });
+  b = await startAgent({ registries, p2p: { zone: 'rack-2', bootstrap: bootstrapOf(a) } });
+  await waitForPeers(b, 1);
+});
+
+afterAll(async () => {
+  await b?.close();
+  await a?.close();
+  await origin?.stop();
+  await registry?.close();
+});
+
+async function status(agent: TestAgent): Promise<AgentStatus> {
+  return (await (await fetch(`${agent.url}/status`)).json()) as AgentStatus;
+}
+
+describe('GET /status and shoal status', () => {
+  it('report the agent, its peers with zones, and its cache', async () => {
+    const pull = await skopeoPull(`${a.host}/team/app:v1`);
+    expect(pull.ok).toBe(true);
+    await pull.remove();
+    const s = await status(a);
+    expect(s.id).toBe(a.agent.p2p!.peerId);
+    expect(s.zone).toBe('rack-1');
+    expect(s.peers).toEqual([expect.objectContaining({ id: b.agent.p2p!.peerId, zone: 'rack-2' })]);
+    expect(s.cache.blobs).toBeGreaterThanOrEqual(image.layerDigests.length + 1);
+    expect(s.cache.bytes).toBeGreaterThanOrEqual(image.blobBytes);
+    expect(s.transfers).toEqual([]);
+
+    const text = await shoal(['status', '--agent', a.url]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toContain(a.agent.p2p!.peerId);
+    expect(text.stdout).toContain('zone rack-1');
+    expect(text.stdout).toMatch(/peers\s+1/);
+    expect(text.stdout).toContain(b.agent.p2p!.peerId);
+    const json = await shoal(['status', '--json', '--agent', a.url]);
+    expect((JSON.parse(json.stdout) as AgentStatus).id).toBe(s.id);
+  });
+
+  it('show a transfer in flight, and the errors of a failed one', async () => {
+    origin.setRateLimit(2 * 1024 * 1024);
+    try {
+      const other = await pushImage(await makeImage({ layers: [4 * 1024 * 1024] }), registry, 'team/slow:v1');
+      const download = fetch(`${b.url}/v2/team/slow/blobs/${other.layerDigests[0]}`).then((r) => r.arrayBuffer());
+      let seen: AgentStatus['transfers'] = [];
+      for (let i = 0; i < 100 && seen.length === 0; i++) {
+        seen = (await status(b)).transfers;
+        if (seen.length === 0) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(seen[0]).toMatchObject({ digest: other.layerDigests[0], repository: 'team/slow' });
+      expect((await download).byteLength).toBe(other.layerSizes[0]);
+    } finally {
+      origin.setRateLimit(null);
+    }
+    origin.setDown(true);
+    try {
+      const res = await fetch(`${b.url}/v2/team/app/blobs/sha256:${'e'.repeat(64)}`);
+      expect(res.status).toBeGreaterThanOrEqual(400);
+    } finally {
+      origin.setDown(false);
+    }
+    const s = await status(b);
+    expect(s.recentErrors.length).toBeGreaterThan(0);
+    expect(s.recentErrors[0]!.digest).toBe(`sha256:${'e'.repeat(64)}`);
+  });
+
+  it('says so when no agent answers', async () => {
+    const result = await shoal(['status', '--agent', 'http://127.0.0.1:9']);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/cannot read the agent's status/);
+  });
+});
