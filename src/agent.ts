@@ -247,7 +247,9 @@ export class Agent {
           await grants.grant(registry, repository, [digest]);
           return head;
         },
-        ready: () => true,
+        // Ready once the store is open (it is, by now) and, when peers are configured to bootstrap
+        // from, once the swarm is joined: an agent cut off from its fleet should not take traffic.
+        ready: () => config.p2p.bootstrap.length === 0 || (p2p?.peers().length ?? 0) > 0,
       });
       const { host, port } = listenAddress(config.registry.listen);
       await server.listen({ host, port });
@@ -265,16 +267,24 @@ export class Agent {
     }
   }
 
-  async stop(): Promise<void> {
-    await this.server.close();
+  /**
+   * Graceful shutdown: stop accepting, let responses in flight finish (at most `deadlineMs`,
+   * then cut them), stop downloads and providing, and close the store cleanly.
+   */
+  async stop(deadlineMs = 10_000): Promise<void> {
+    const closing = this.server.close();
+    const deadline = setTimeout(() => this.server.server.closeAllConnections(), deadlineMs);
+    deadline.unref();
+    await closing;
+    clearTimeout(deadline);
     this.blobs.close();
     await this.p2p?.stop();
     await this.upstreams.close();
     await this.store.close();
+    this.logger.info('agent stopped');
   }
 }
 
-/** The store as peers see it: only committed (verified) blobs exist there. */
 /**
  * The store as peers see it: committed (verified) blobs, and the verified pieces of blobs
  * still being assembled.

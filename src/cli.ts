@@ -144,13 +144,22 @@ async function runAgent(args: string[]): Promise<number> {
   const values = options(args, { config: { type: 'string', default: './agent.config.json' } });
   const config = await loadConfig(values.config as string);
   const agent = await Agent.start(config);
+  let stopping = false;
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
+      if (stopping) {
+        // A second Ctrl-C means "now"; a repeated SIGTERM changes nothing (the kubelet's
+        // SIGKILL ends the grace period).
+        if (signal === 'SIGINT') process.exit(130);
+        agent.logger.info({ signal }, 'already shutting down');
+        return;
+      }
+      stopping = true;
       agent.logger.info({ signal }, 'shutting down');
       resolve();
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
   await agent.stop();
   return 0;

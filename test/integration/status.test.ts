@@ -93,3 +93,23 @@ describe('GET /status and shoal status', () => {
     expect(result.stderr).toMatch(/cannot read the agent's status/);
   });
 });
+
+describe('readiness', () => {
+  it('is ready without bootstrap peers, and not ready until the swarm is joined when they are set', async () => {
+    expect((await fetch(`${a.url}/readyz`)).status).toBe(200);
+    const lonely = await startAgent({
+      registries: { [origin.host]: { url: origin.url } },
+      // Nobody listens there: the agent cannot join its swarm.
+      p2p: { bootstrap: ['/ip4/127.0.0.1/tcp/9'] },
+    });
+    try {
+      const res = await fetch(`${lonely.url}/readyz`);
+      expect(res.status).toBe(503);
+      expect(((await res.json()) as { status: string }).status).toBe('not ready');
+      expect((await fetch(`${lonely.url}/healthz`)).status).toBe(200);
+    } finally {
+      await lonely.close();
+    }
+    expect((await fetch(`${b.url}/readyz`)).status).toBe(200);
+  });
+});
