@@ -59,7 +59,7 @@ export class Metrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_process_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' });
   }
 
   text(): Promise<string> {
