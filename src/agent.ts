@@ -59,9 +59,13 @@ export class Agent {
     const store = await BlobStore.open({
       dir: config.storage.dir,
       maxSize: config.storage.maxSize,
-      onEvict: (digest) => void p2p?.unprovide(digest),
+      onEvict: (digest) => {
+        metrics.evictions.inc();
+        void p2p?.unprovide(digest);
+      },
     });
     const upstreams = new Upstreams(config.upstreams, logger.child({ part: 'origin' }));
+    metrics.storeSize = () => ({ bytes: store.size, blobs: store.count });
     const grants = new Grants(store.metadata);
     const recentErrors = new RecentErrors();
     const startedAt = Date.now();
@@ -143,7 +147,7 @@ export class Agent {
           },
         });
         const node = p2p;
-        metrics.peerCount = () => node.peers().length;
+        metrics.peerZones = () => node.peers().map((p) => p.zone);
         const book = new PeerBook(config.p2p.zone, config.p2p.penaltyDuration);
         peerBook = book;
         const p2pLog = logger.child({ part: 'peers' });
@@ -189,7 +193,10 @@ export class Agent {
         void provideAll(store, node, logger);
       }
       const blobs = new BlobFetcher(store, planner, logger.child({ part: 'fetch' }), {
-        failure: (source, error, digest) => recentErrors.add(`${source.name}: ${(error as Error).message ?? String(error)}`, digest),
+        failure: (source, error, digest) => {
+          recentErrors.add(`${source.name}: ${(error as Error).message ?? String(error)}`, digest);
+          if (error instanceof OriginError) metrics.originErrors.inc({ kind: error.kind });
+        },
         mismatch: (digest, message) => recentErrors.add(message, digest),
         bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
         // Announced as soon as an origin download starts, so the zone's other agents wait for

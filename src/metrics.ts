@@ -12,14 +12,69 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  /** Read at every scrape; the agent points it at the libp2p node. */
-  peerCount: () => number = () => 0;
+  /** Read at every scrape; the agent points them at the libp2p node and the store. */
+  peerZones: () => (string | undefined)[] = () => [];
+  storeSize: () => { bytes: number; blobs: number } = () => ({ bytes: 0, blobs: 0 });
 
   readonly peers: Gauge = new Gauge({
     name: 'shoal_peers',
     help: 'Connected peers',
     registers: [this.registry],
-    collect: (): void => this.peers.set(this.peerCount()),
+    collect: (): void => this.peers.set(this.peerZones().length),
+  });
+
+  readonly peersByZone: Gauge<'zone'> = new Gauge({
+    name: 'shoal_peers_by_zone',
+    help: 'Connected peers by the zone they announced',
+    labelNames: ['zone'] as const,
+    registers: [this.registry],
+    collect: (): void => {
+      this.peersByZone.reset();
+      const counts = new Map<string, number>();
+      for (const zone of this.peerZones()) counts.set(zone ?? 'unknown', (counts.get(zone ?? 'unknown') ?? 0) + 1);
+      for (const [zone, count] of counts) this.peersByZone.set({ zone }, count);
+    },
+  });
+
+  readonly requests = new Counter({
+    name: 'shoal_http_requests_total',
+    help: 'HTTP requests answered, by route and status',
+    labelNames: ['route', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly cacheLookups = new Counter({
+    name: 'shoal_cache_lookups_total',
+    help: 'Blob requests answered from the cache (hit) or needing a download (miss)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly storeBytes: Gauge = new Gauge({
+    name: 'shoal_store_bytes',
+    help: 'Bytes of blobs held in the store',
+    registers: [this.registry],
+    collect: (): void => this.storeBytes.set(this.storeSize().bytes),
+  });
+
+  readonly storeBlobs: Gauge = new Gauge({
+    name: 'shoal_store_blobs',
+    help: 'Blobs held in the store',
+    registers: [this.registry],
+    collect: (): void => this.storeBlobs.set(this.storeSize().blobs),
+  });
+
+  readonly evictions = new Counter({
+    name: 'shoal_store_evictions_total',
+    help: 'Blobs evicted to keep the store under storage.maxSize',
+    registers: [this.registry],
+  });
+
+  readonly originErrors = new Counter({
+    name: 'shoal_origin_errors_total',
+    help: 'Failed origin requests, by kind (unauthorized, denied, not-found, toomanyrequests, unavailable, protocol)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
   });
 
   readonly providerLookup = new Histogram({

@@ -99,13 +99,17 @@ async function serveBlob(
     return reply.header('Content-Length', String(size)).send();
   }
   const cached = await deps.store.get(digest);
+  deps.metrics.cacheLookups.inc({ result: cached ? 'hit' : 'miss' });
   let blob = cached;
   if (!blob) {
     const ensuring = deps.blobs.ensure(target);
     const rangeHeader = headerOf(request, 'range');
     // A blob the swarm is assembling is fed to the client piece by piece as it is verified.
     const partial = rangeHeader === undefined && deps.partials ? await assembling(deps.partials, digest.value, ensuring) : undefined;
-    if (partial?.table) return streamAssembling(request, reply, partial, partial.table.size, ensuring);
+    if (partial?.table) {
+      deps.metrics.requests.inc({ route: '/v2/blobs', method: request.method, status: '200' });
+      return streamAssembling(request, reply, partial, partial.table.size, ensuring);
+    }
     blob = await ensuring;
   }
   const range = parseRange(headerOf(request, 'range'), blob.size);
@@ -124,6 +128,8 @@ async function serveBlob(
     if (length > 0) await sendFileRange(res, blob.path, start, end);
     else res.end();
     if (cached) deps.metrics.blobBytes.inc({ source: 'local' }, length);
+    // Hijacked replies skip fastify's onResponse hook, where other requests are counted.
+    deps.metrics.requests.inc({ route: '/v2/blobs', method: request.method, status: String(reply.statusCode) });
     request.log.info(
       { method: request.method, url: request.url, status: reply.statusCode, bytes: length, ms: Math.round(performance.now() - started) },
       'request',

@@ -19,6 +19,15 @@ export interface ServerDeps extends RegistryDeps {
 }
 
 /** The agent's one HTTP listener: the registry API plus health endpoints. */
+/** A low-cardinality route label: registry paths by kind, the rest as they are. */
+function routeOf(url: string): string {
+  const path = url.split('?')[0]!;
+  if (/^\/v2\/.+\/manifests\//.test(path)) return '/v2/manifests';
+  if (/^\/v2\/.+\/blobs\//.test(path)) return '/v2/blobs';
+  if (path.startsWith('/v2')) return '/v2';
+  return ['/healthz', '/readyz', '/metrics', '/status', '/preheat', '/'].includes(path) ? path : 'other';
+}
+
 export function buildServer(deps: ServerDeps): FastifyInstance {
   const app = Fastify({
     // Larger socket buffers keep a blob flowing while the next chunk is read from disk:
@@ -45,6 +54,7 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
     reply.header('X-Request-Id', request.id);
   });
   app.addHook('onResponse', async (request, reply) => {
+    deps.metrics.requests.inc({ route: routeOf(request.url), method: request.method, status: String(reply.statusCode) });
     request.log.info(
       { method: request.method, url: request.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
       'request',

@@ -302,6 +302,7 @@ describe('eviction', () => {
     expect(await a.agent.store.get(parseDigest(first.layerDigests[0]!))).toBeUndefined();
     expect(a.agent.p2p!.isProviding(first.layerDigests[0]!)).toBe(false);
     expect(a.agent.p2p!.isProviding(second.layerDigests[0]!)).toBe(true);
+    expect(await metric(a, 'shoal_store_evictions_total')).toBeGreaterThanOrEqual(1);
 
     // An agent that joins now finds nobody holding the evicted layer, and fetches it itself.
     const b = await startAgent({ registries: registries(), p2p: { bootstrap: bootstrapOf(a) } });

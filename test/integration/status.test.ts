@@ -6,7 +6,7 @@ import { startCountingProxy, type CountingProxy } from '../helpers/counting-prox
 import { makeImage, pushImage, type PushedImage } from '../helpers/images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 import { skopeoPull } from '../helpers/skopeo.js';
-import { bootstrapOf, waitForPeers } from '../helpers/swarm.js';
+import { bootstrapOf, metric, waitForPeers } from '../helpers/swarm.js';
 
 let registry: Registry;
 let origin: CountingProxy;
@@ -50,6 +50,15 @@ describe('GET /status and shoal status', () => {
     expect(s.cache.bytes).toBeGreaterThanOrEqual(image.blobBytes);
     expect(s.transfers).toEqual([]);
 
+    // The metrics an on-call engineer alerts on.
+    expect(await metric(a, 'shoal_http_requests_total', { route: '/v2/blobs', status: '200' })).toBeGreaterThanOrEqual(2);
+    expect(await metric(a, 'shoal_http_requests_total', { route: '/v2/manifests' })).toBeGreaterThanOrEqual(1);
+    expect(await metric(a, 'shoal_cache_lookups_total', { result: 'miss' })).toBeGreaterThanOrEqual(2);
+    expect(await metric(a, 'shoal_store_bytes')).toBe(s.cache.bytes);
+    expect(await metric(a, 'shoal_store_blobs')).toBe(s.cache.blobs);
+    expect(await metric(a, 'shoal_peers_by_zone', { zone: 'rack-2' })).toBe(1);
+    expect(await metric(a, 'shoal_nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
+
     const text = await shoal(['status', '--agent', a.url]);
     expect(text.code).toBe(0);
     expect(text.stdout).toContain(a.agent.p2p!.peerId);
@@ -83,6 +92,7 @@ describe('GET /status and shoal status', () => {
       origin.setDown(false);
     }
     const s = await status(b);
+    expect(await metric(b, 'shoal_origin_errors_total', { kind: 'unavailable' })).toBeGreaterThan(0);
     expect(s.recentErrors.length).toBeGreaterThan(0);
     expect(s.recentErrors[0]!.digest).toBe(`sha256:${'e'.repeat(64)}`);
   });
