@@ -11,6 +11,7 @@ declare -A NEED=(
   [ctr]=containerd
   [skopeo]=skopeo
   [umoci]=umoci
+  [chromium]=chromium
 )
 missing=()
 for tool in "${!NEED[@]}"; do

@@ -68,6 +68,7 @@ export class Agent {
     metrics.storeSize = () => ({ bytes: store.size, blobs: store.count });
     const grants = new Grants(store.metadata);
     const recentErrors = new RecentErrors();
+    let boundUrl = `http://${config.registry.listen}`;
     const startedAt = Date.now();
     const cleanup = async () => {
       await p2p?.stop();
@@ -229,7 +230,7 @@ export class Agent {
           ...(config.p2p.enabled && { zone: config.p2p.zone }),
           version: VERSION,
           uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
-          registry: config.registry.listen,
+          registry: boundUrl,
           p2p: { enabled: config.p2p.enabled, addresses: p2p?.multiaddrs() ?? [] },
           peers: p2p?.peers() ?? [],
           transfers: blobs.transfers().map((t) => {
@@ -263,6 +264,7 @@ export class Agent {
       const address = server.server.address();
       const bound = typeof address === 'object' && address ? address.port : port;
       const url = `http://${host.includes(':') ? `[${host}]` : host}:${bound}`;
+      boundUrl = url;
       logger.info(
         { url, storage: config.storage.dir, registries: upstreams.hosts(), peerId: p2p?.peerId, p2p: p2p?.multiaddrs() },
         'shoal agent listening',

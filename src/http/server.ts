@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { RegistryError } from '../oci/errors.js';
 import type { Preheater } from '../fetch/preheat.js';
 import { preheatRoutes } from './preheat-routes.js';
+import { STATUS_PAGE } from './status-page.js';
 import { statusRoutes, type AgentStatus } from './status-routes.js';
 import { registryRoutes, sendError, type RegistryDeps } from './registry-routes.js';
 
@@ -64,6 +65,7 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
   registryRoutes(app, deps);
   preheatRoutes(app, deps.preheater);
   statusRoutes(app, deps.status);
+  app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(STATUS_PAGE));
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/metrics', async (_request, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.text()));
   app.get('/readyz', async (_request, reply) => {
