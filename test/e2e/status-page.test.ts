@@ -55,7 +55,7 @@ describe('the status page', () => {
 
     const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
     await page.goto(a.url);
-    await page.waitForFunction(() => document.getElementById('peer-count')?.textContent === '1');
+    await page.waitForFunction("document.getElementById('peer-count')?.textContent === '1'");
     expect(await page.textContent('#id')).toBe(a.agent.p2p!.peerId);
     expect(await page.textContent('#meta')).toContain('zone rack-1');
     const peers = await page.textContent('#peers');
