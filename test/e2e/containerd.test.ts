@@ -28,7 +28,8 @@ beforeAll(async () => {
     upstreams: { default: origin.host, registries: { [origin.host]: { url: origin.url } } },
   });
   hostsDir = await makeTempDir('shoal-certsd-');
-  const written = await shoal(['containerd-config', '--config', agent.configFile, '--dir', hostsDir]);
+  // The same arguments the DaemonSet's init container passes (its --mirror is the node's IP).
+  const written = await shoal(['containerd-config', `--config=${agent.configFile}`, `--dir=${hostsDir}`, `--mirror=${agent.url}`]);
   expect(written.stderr).toBe('');
   expect(written.code).toBe(0);
   containerd = await startContainerd();
@@ -49,7 +50,7 @@ describe('containerd pulling through the agent', () => {
     expect(toml).toContain(`[host."${agent.url}"]`);
     expect(toml).toMatch(/capabilities = \["pull", "resolve"\]/);
     // Running it again changes nothing and makes no backup.
-    const again = await shoal(['containerd-config', '--config', agent.configFile, '--dir', hostsDir]);
+    const again = await shoal(['containerd-config', `--config=${agent.configFile}`, `--dir=${hostsDir}`, `--mirror=${agent.url}`]);
     expect(again.stdout).toMatch(/^unchanged /m);
     expect(existsSync(join(hostsDir, origin.host, 'hosts.toml.bak'))).toBe(false);
   });
