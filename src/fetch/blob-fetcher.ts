@@ -93,6 +93,8 @@ export class BlobFetcher {
     const failures: { source: string; error: string }[] = [];
     const excluded = new Set<BlobSource>();
     const sources = await this.planner.plan(request);
+    const started = performance.now();
+    this.logger.info({ reqId: request.requestId, digest: request.digest.value, sources: sources.map((s) => s.name) }, 'downloading blob');
     let lastError: unknown;
     // Each round starts a fresh file; a round ends in a commit or a digest mismatch, after
     // which the sources that contributed bytes are left out of the next round.
@@ -131,7 +133,7 @@ export class BlobFetcher {
             lastError = err;
             failures.push({ source: source.name, error: String((err as Error).message ?? err) });
             this.observer.failure?.(source, err, request.digest.value);
-            this.logger.warn({ digest: request.digest.value, source: source.name, err }, 'blob source failed');
+            this.logger.warn({ reqId: request.requestId, digest: request.digest.value, source: source.name, err }, 'blob source failed');
           }
         }
         if (size === undefined || writer.bytesWritten !== size) {
@@ -143,12 +145,16 @@ export class BlobFetcher {
         const stored = await this.store.get(request.digest);
         if (!stored) throw new Error(`blob ${request.digest.value} vanished after commit`);
         this.observer.committed?.(stored.digest, stored.size);
+        this.logger.info(
+          { reqId: request.requestId, digest: stored.digest, bytes: stored.size, from: names, ms: Math.round(performance.now() - started) },
+          'blob committed',
+        );
         return mark(stored);
       } catch (err) {
         await writer.abort();
         if (!(err instanceof DigestMismatchError)) throw err;
         mismatched = true;
-        this.logger.error({ digest: request.digest.value, sources: err.source, err }, 'digest mismatch: bytes discarded');
+        this.logger.error({ reqId: request.requestId, digest: request.digest.value, sources: err.source, err }, 'digest mismatch: bytes discarded');
         this.observer.mismatch?.(request.digest.value, err.message);
         failures.push({ source: err.source, error: err.message });
         lastError = err;

@@ -8,6 +8,8 @@ export interface BlobRequest {
   registry: string;
   /** Repository at that registry (`library/nginx`). */
   repository: string;
+  /** The client request that started the download, so its logs can be followed through a pull. */
+  requestId?: string;
 }
 
 export interface SourceBody {

@@ -102,7 +102,7 @@ async function serveBlob(
   deps.metrics.cacheLookups.inc({ result: cached ? 'hit' : 'miss' });
   let blob = cached;
   if (!blob) {
-    const ensuring = deps.blobs.ensure(target);
+    const ensuring = deps.blobs.ensure({ ...target, requestId: String(request.id) });
     const rangeHeader = headerOf(request, 'range');
     // A blob the swarm is assembling is fed to the client piece by piece as it is verified.
     const partial = rangeHeader === undefined && deps.partials ? await assembling(deps.partials, digest.value, ensuring) : undefined;

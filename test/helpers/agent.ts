@@ -13,6 +13,8 @@ export interface TestAgentOptions {
   upstreams?: Record<string, unknown>;
   p2p?: Record<string, unknown>;
   logLevel?: string;
+  /** Where the agent's JSON log lines go (with logLevel); silent by default. */
+  logStream?: NodeJS.WritableStream;
 }
 
 export interface TestAgent {
@@ -41,7 +43,8 @@ export async function startAgent(opts: TestAgentOptions): Promise<TestAgent> {
     // Loopback only, any free port: tests never listen on other interfaces.
     p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...opts.p2p },
   });
-  const logger = pino({ level: opts.logLevel ?? process.env.SHOAL_TEST_LOG ?? 'silent' });
+  const level = opts.logLevel ?? process.env.SHOAL_TEST_LOG ?? 'silent';
+  const logger = opts.logStream ? pino({ level }, opts.logStream) : pino({ level });
   const agent = await Agent.start(config, { logger });
   let stopped = false;
   const stop = async () => {

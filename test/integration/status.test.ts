@@ -1,3 +1,4 @@
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentStatus } from '../../src/http/status-routes.js';
 import { startAgent, type TestAgent } from '../helpers/agent.js';
@@ -101,6 +102,28 @@ describe('GET /status and shoal status', () => {
     const result = await shoal(['status', '--agent', 'http://127.0.0.1:9']);
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(/cannot read the agent's status/);
+  });
+});
+
+describe('logs', () => {
+  it('carry the client request id through a pull, from the request to the committed blob', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const logged = await startAgent({ registries: { [origin.host]: { url: origin.url } }, logLevel: 'info', logStream: stream });
+    try {
+      const res = await fetch(`${logged.url}/v2/team/app/blobs/${image.layerDigests[0]}`, { headers: { 'X-Request-Id': 'pull-42' } });
+      expect(res.headers.get('x-request-id')).toBe('pull-42');
+      await res.arrayBuffer();
+      const mine = lines.filter((l) => l.reqId === 'pull-42').map((l) => l.msg);
+      expect(mine).toEqual(expect.arrayContaining(['downloading blob', 'blob committed', 'request']));
+    } finally {
+      await logged.close();
+    }
   });
 });
 
