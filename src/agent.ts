@@ -108,6 +108,7 @@ export class Agent {
           keyFile: join(config.storage.dir, 'p2p', 'key'),
           maxUploads: config.p2p.maxUploadStreams,
           benchProtocol: opts.benchProtocol ?? false,
+          metricsRegistry: metrics.libp2p,
           logger,
           blobs: localBlobs(
             store,

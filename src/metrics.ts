@@ -117,8 +117,17 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' });
   }
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  /** libp2p's own metrics, kept apart so their names can be given Shoal's prefix. */
+  readonly libp2p = new Registry();
+
+  /** Prometheus text of Shoal's metrics and libp2p's (renamed libp2p_* → shoal_libp2p_*). */
+  async text(): Promise<string> {
+    const ours = await this.registry.metrics();
+    // libp2p_x becomes shoal_libp2p_x; the few process metrics it adds become shoal_libp2p_<name>.
+    const theirs = (await this.libp2p.metrics()).replace(/^(# (?:HELP|TYPE) )?([a-zA-Z_]\w*)/gm, (_all, comment: string | undefined, name: string) =>
+      `${comment ?? ''}${name.startsWith('libp2p_') ? `shoal_${name}` : `shoal_libp2p_${name}`}`,
+    );
+    return theirs.trim() === '' ? ours : `${ours}\n${theirs}`;
   }
 
   get contentType(): string {

@@ -15,6 +15,8 @@ import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
 import { Bootstrapper, hostPortKey, parseBootstrapEntry, type Lookup } from './bootstrap.js';
 import { cidForDigest } from './cid.js';
+import { prometheusMetrics } from '@libp2p/prometheus-metrics';
+import type { Registry } from 'prom-client';
 import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, type LocalFetches } from './fetch-protocol.js';
 import { pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
 import {
@@ -75,6 +77,8 @@ export interface P2PStartOptions extends P2POptions {
   lookup?: Lookup;
   /** How long `provide` waits for the announcement to reach DHT peers (default 10 s). */
   provideTimeoutMs?: number;
+  /** A prom-client registry for libp2p's own metrics (connections, streams, DHT, …). */
+  metricsRegistry?: Registry;
 }
 
 export interface PeerSummary {
@@ -148,6 +152,9 @@ export class P2PNode implements BenchDialer {
 
     const libp2p = await createLibp2p<Services>({
       privateKey,
+      ...(opts.metricsRegistry && {
+        metrics: prometheusMetrics({ registry: opts.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }),
+      }),
       nodeInfo: { name: 'shoal', userAgent: agentVersion(zone) },
       addresses: { listen: opts.listen },
       transports: [tcp()],

@@ -59,6 +59,11 @@ describe('GET /status and shoal status', () => {
     expect(await metric(a, 'shoal_store_blobs')).toBe(s.cache.blobs);
     expect(await metric(a, 'shoal_peers_by_zone', { zone: 'rack-2' })).toBe(1);
     expect(await metric(a, 'shoal_nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
+    // libp2p's own metrics are there too, and every metric name carries the shoal_ prefix.
+    const exposition = await (await fetch(`${a.url}/metrics`)).text();
+    expect(exposition).toMatch(/^shoal_libp2p_\w+/m);
+    const names = exposition.split('\n').filter((l) => l !== '' && !l.startsWith('#')).map((l) => l.split(/[{ ]/)[0]!);
+    expect(names.filter((n) => !n.startsWith('shoal_'))).toEqual([]);
 
     const text = await shoal(['status', '--agent', a.url]);
     expect(text.code).toBe(0);

@@ -123,3 +123,23 @@ describe('deploy/runtimes', () => {
     expect(parseRegistryPath('/v2/nginx/manifests/latest', upstreams)).toMatchObject({ registry: 'docker.io', repository: 'library/nginx' });
   });
 });
+
+describe('deploy/Dockerfile and deploy/systemd', () => {
+  // No Docker engine runs here, so the image is not built in the tests; its shape is checked.
+  it('builds in stages and runs the agent as a non-root user', () => {
+    const dockerfile = readFileSync('deploy/Dockerfile', 'utf8');
+    expect(dockerfile.match(/^FROM /gm)?.length).toBeGreaterThanOrEqual(2);
+    expect(dockerfile).toMatch(/^COPY --from=build /m);
+    const user = /^USER (\S+)/m.exec(dockerfile)?.[1];
+    expect(user).toBeDefined();
+    expect(user).not.toMatch(/^(0|root)$/);
+    expect(dockerfile).toMatch(/^CMD \["agent", "--config", "\/etc\/shoal\/agent\.config\.json"\]/m);
+  });
+
+  it('runs the agent with its config file under systemd', () => {
+    const unit = readFileSync('deploy/systemd/shoal.service', 'utf8');
+    expect(unit).toMatch(/^ExecStart=.*dist\/cli\.js agent --config \/etc\/shoal\/agent\.config\.json$/m);
+    expect(unit).toMatch(/^User=shoal$/m);
+    expect(unit).toMatch(/^KillSignal=SIGTERM$/m);
+  });
+});
