@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { tryParseDigest } from '../oci/digest.js';
 import { BlobProtocolError, PeerBusyError } from './errors.js';
-import { StreamReader, sendAll } from './stream-io.js';
+import { resetOnError, sendAll, StreamReader } from './stream-io.js';
 
 /*
  * Wire format of `${prefix}/blob/1.0.0` (one request per stream):
@@ -280,8 +280,6 @@ export async function requestBlob(
         throw new BlobProtocolError(`unknown status ${status}`, peerId);
     }
   } catch (err) {
-    reader.dispose();
-    if (stream.status === 'open') stream.abort(err instanceof Error ? err : new Error(String(err)));
-    throw err;
+    resetOnError(reader, stream, err);
   }
 }

@@ -5,7 +5,7 @@ import { isValidName } from '../oci/reference.js';
 import { encodeError, Status } from './blob-protocol.js';
 import { protocolIds, DEFAULT_PROTOCOL_PREFIX } from './config.js';
 import { BlobProtocolError } from './errors.js';
-import { sendAll, StreamReader } from './stream-io.js';
+import { resetOnError, sendAll, StreamReader } from './stream-io.js';
 
 /*
  * `${prefix}/fetch/1.0.0`: "please fetch this blob from the origin". An agent that needs a blob
@@ -92,8 +92,6 @@ export async function requestFetch(stream: Stream, peerId: string, request: Fetc
     if (status === Status.NOT_FOUND) return false;
     throw new BlobProtocolError(`fetch request answered status ${status}`, peerId);
   } catch (err) {
-    reader.dispose();
-    if (stream.status === 'open') stream.abort(err instanceof Error ? err : new Error(String(err)));
-    throw err;
+    resetOnError(reader, stream, err);
   }
 }

@@ -5,7 +5,7 @@ import { tryParseDigest } from '../oci/digest.js';
 import { encodeError, readErrorAnswer, Status } from './blob-protocol.js';
 import { DEFAULT_PROTOCOL_PREFIX, protocolIds } from './config.js';
 import { BlobProtocolError } from './errors.js';
-import { StreamReader, sendAll } from './stream-io.js';
+import { resetOnError, sendAll, StreamReader } from './stream-io.js';
 
 /*
  * Wire format of `${prefix}/pieces/1.0.0` (one request per stream):
@@ -212,8 +212,6 @@ export async function requestPieceInfo(
         throw new BlobProtocolError(`unknown status ${status}`, peerId);
     }
   } catch (err) {
-    reader.dispose();
-    if (stream.status === 'open') stream.abort(err instanceof Error ? err : new Error(String(err)));
-    throw err;
+    resetOnError(reader, stream, err);
   }
 }

@@ -276,3 +276,10 @@ export function waitForDrain(stream: Stream, signal?: AbortSignal): Promise<void
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/** A request that failed: stop reading, reset the stream so the peer stops sending, rethrow. */
+export function resetOnError(reader: StreamReader, stream: Stream, err: unknown): never {
+  reader.dispose();
+  if (stream.status === 'open') stream.abort(err instanceof Error ? err : new Error(String(err)));
+  throw err;
+}
