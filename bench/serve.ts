@@ -19,6 +19,8 @@ const { values } = parseArgs({
 const size = Number(values['size-mib']) * MiB;
 const runs = Number(values.runs);
 
+// The agent runs with the Node.js flags the Dockerfile and the systemd unit set.
+process.env.SHOAL_AGENT_NODE_ARGS ??= '--max-semi-space-size=4';
 const work = await makeTempDir('shoal-bench-serve-');
 const registry = await startRegistry();
 const agent = await startAgentProcess({
