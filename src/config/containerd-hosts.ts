@@ -6,8 +6,6 @@ import { join } from 'node:path';
 import { ConfigError, listenAddress } from './load.js';
 import type { Config } from './schema.js';
 
-/** Where containerd's CRI plugin is usually pointed (`registry.config_path`). */
-export const DEFAULT_CONTAINERD_HOSTS_DIR = '/etc/containerd/certs.d';
 
 const HEADER = '# Written by shoal containerd-config. The origin stays the fallback when the agent is down.';
 /** Short, so that containerd falls back to the origin quickly when the node-local agent is down. */

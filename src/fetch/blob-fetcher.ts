@@ -55,10 +55,6 @@ export class BlobFetcher {
     return this.flights.has(digest);
   }
 
-  /** Digests being downloaded now. */
-  get active(): number {
-    return this.flights.size;
-  }
 
   /**
    * Makes the blob present. The result says `afterMismatch` when some bytes received on the way

@@ -34,10 +34,6 @@ export class OriginError extends Error {
   }
 }
 
-export function isOriginError(err: unknown): err is OriginError {
-  return err instanceof OriginError;
-}
-
 /** Statuses worth another attempt: the origin (or something before it) is briefly unwell. */
 export const RETRYABLE_STATUSES: ReadonlySet<number> = new Set([429, 500, 502, 503, 504]);
 
