@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { startRegistry } from '../test/helpers/registry.js';
 import { makeTempDir, removeTempDir } from '../test/helpers/tmp.js';
 import { AgentProcess } from './agent-process.js';
-import { curlSpeed, median, MiB, randomFile, uploadBlob } from './lib.js';
+import { cpuSeconds, curlSpeed, median, MiB, randomFile, uploadBlob } from './lib.js';
 
 const { values } = parseArgs({
   options: { 'size-mib': { type: 'string', default: '256' }, runs: { type: 'string', default: '3' } },
@@ -62,12 +62,21 @@ try {
   const pulls: number[] = [];
   const transfers: number[] = [];
   const raws: number[] = [];
+  // CPU seconds per GiB moved, for A and B, during pulls and raw streams: where the cores go.
+  const cpu = { pull: { a: [] as number[], b: [] as number[] }, raw: { a: [] as number[], b: [] as number[] } };
+  const measureCpu = async <T>(kind: 'pull' | 'raw', fn: () => Promise<T>): Promise<T> => {
+    const [a0, b0] = [await cpuSeconds(a.pid), await cpuSeconds(bAgent.pid)];
+    const out = await fn();
+    cpu[kind].a.push(((await cpuSeconds(a.pid)) - a0) / (size / 1024 ** 3));
+    cpu[kind].b.push(((await cpuSeconds(bAgent.pid)) - b0) / (size / 1024 ** 3));
+    return out;
+  };
   for (let i = 0; i < runs; i++) {
-    const raw = async () => raws.push((await bAgent.call<{ mibPerSec: number }>({ cmd: 'raw', peerId: aInfo.peerId, bytes: size })).mibPerSec);
+    const raw = async () => raws.push((await measureCpu('raw', () => bAgent.call<{ mibPerSec: number }>({ cmd: 'raw', peerId: aInfo.peerId, bytes: size }))).mibPerSec);
     const pull = async () => {
       const peerBytes = await metric(bInfo.url, 'shoal_blob_bytes_total', '{source="peer"}');
       const peerSeconds = await metric(bInfo.url, 'shoal_peer_transfer_seconds_sum');
-      pulls.push(await curlSpeed(`${bInfo.url}/v2/bench/p2p/blobs/${digests[i]}`, size));
+      pulls.push(await measureCpu('pull', () => curlSpeed(`${bInfo.url}/v2/bench/p2p/blobs/${digests[i]}`, size)));
       const fromPeer = (await metric(bInfo.url, 'shoal_blob_bytes_total', '{source="peer"}')) - peerBytes;
       if (fromPeer !== size) throw new Error(`B took ${fromPeer} of ${size} bytes from A`);
       transfers.push(size / MiB / ((await metric(bInfo.url, 'shoal_peer_transfer_seconds_sum')) - peerSeconds));
@@ -83,6 +92,8 @@ try {
   console.log(`  raw libp2p stream A→B            ${r.toFixed(0).padStart(6)} MiB/s  (runs: ${list(raws)})`);
   console.log(`  pull through B (curl, end to end) ${p.toFixed(0).padStart(6)} MiB/s  (runs: ${list(pulls)})`);
   console.log(`  B's blob-protocol transfer alone  ${t.toFixed(0).padStart(6)} MiB/s  (runs: ${list(transfers)})`);
+  const c = (xs: number[]) => median(xs).toFixed(1);
+  console.log(`  CPU s/GiB   raw: A ${c(cpu.raw.a)}, B ${c(cpu.raw.b)}   pull: A ${c(cpu.pull.a)}, B ${c(cpu.pull.b)}`);
   console.log(`  ratio pull/raw: ${(p / r).toFixed(2)}   ratio transfer/raw: ${(t / r).toFixed(2)}   (target ≥ 0.8)`);
 } finally {
   await b?.stop();

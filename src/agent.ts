@@ -8,6 +8,7 @@ import { BlobFetcher } from './fetch/blob-fetcher.js';
 import { Grants } from './fetch/grants.js';
 import { ManifestService } from './fetch/manifests.js';
 import { OriginSource } from './fetch/origin-source.js';
+import { HashWorker } from './fetch/hash-worker.js';
 import { Partials } from './fetch/partials.js';
 import { PeerPlanner } from './fetch/peer-planner.js';
 import { PieceTables } from './fetch/piece-tables.js';
@@ -50,6 +51,7 @@ export class Agent {
     private readonly server: FastifyInstance,
     /** The registry endpoint actually bound (port 0 in the config picks a free one). */
     readonly url: string,
+    private readonly hashing: HashWorker,
   ) {}
 
   static async start(config: Config, opts: AgentOptions = {}): Promise<Agent> {
@@ -70,7 +72,9 @@ export class Agent {
     const recentErrors = new RecentErrors();
     let boundUrl = `http://${config.registry.listen}`;
     const startedAt = Date.now();
+    const hashing = new HashWorker();
     const cleanup = async () => {
+      await hashing.close();
       await p2p?.stop();
       await upstreams.close();
       await store.close();
@@ -167,6 +171,7 @@ export class Agent {
           originAllows,
           lookupTimeoutMs: config.p2p.providerLookupTimeout,
           logger: p2pLog,
+          hashing,
           events: {
             peerFailed: (peer, error) => {
               book.failed(peer);
@@ -209,7 +214,7 @@ export class Agent {
         },
         finished: (digest) => fromOrigin.delete(digest),
         committed: (digest) => void p2p?.provide(digest),
-      });
+      }, { pieceTables: p2p !== undefined });
       blobsRef.current = blobs;
       const manifests = new ManifestService({
         store,
@@ -270,7 +275,7 @@ export class Agent {
         { url, storage: config.storage.dir, registries: upstreams.hosts(), peerId: p2p?.peerId, p2p: p2p?.multiaddrs() },
         'shoal agent listening',
       );
-      return new Agent(config, logger, store, metrics, p2p, peerBook, upstreams, blobs, server, url);
+      return new Agent(config, logger, store, metrics, p2p, peerBook, upstreams, blobs, server, url, hashing);
     } catch (err) {
       await cleanup();
       throw err;
@@ -289,6 +294,7 @@ export class Agent {
     clearTimeout(deadline);
     this.blobs.close();
     await this.p2p?.stop();
+    await this.hashing.close();
     await this.upstreams.close();
     await this.store.close();
     this.logger.info('agent stopped');

@@ -39,6 +39,8 @@ export class BlobFetcher {
     private readonly planner: SourcePlanner,
     private readonly logger: Logger,
     private readonly observer: FetchObserver = {},
+    /** Compute piece tables of what comes from the origin as it streams in (peers ask for them). */
+    private readonly opts: { pieceTables?: boolean } = {},
   ) {}
 
   /** Stops every download in flight (at shutdown). */
@@ -119,6 +121,7 @@ export class BlobFetcher {
               return mark(await this.adopt(request, writer, opened.file, source.name));
             }
             if (source.kind === 'origin') this.observer.originStarted?.(request.digest.value);
+            if (this.opts.pieceTables === true && size !== undefined) writer.trackPieces(size);
             await this.copy(opened.body, writer, size, source, progress);
             size ??= writer.bytesWritten;
             if (writer.bytesWritten === size) break;
@@ -173,7 +176,8 @@ export class BlobFetcher {
   ): Promise<StoredBlob> {
     await writer.abort();
     try {
-      await this.store.commitFile(request.digest, file.path, source);
+      const { hashed, pieceTable } = file;
+      await this.store.commitFile(request.digest, file.path, source, { ...(hashed && { hashed }), ...(pieceTable && { pieceTable }) });
     } finally {
       await file.release();
     }

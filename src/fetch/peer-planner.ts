@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { closestPeers } from '../p2p/closest.js';
 import type { PeerBook } from '../p2p/peer-book.js';
 import type { Grants } from './grants.js';
+import type { HashWorker } from './hash-worker.js';
 import type { Partials } from './partials.js';
 import type { PieceTable } from './piece-table.js';
 import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
@@ -52,6 +53,8 @@ export interface PeerPlannerOptions {
   events: SwarmSourceEvents & { lookup(seconds: number, found: number): void };
   /** Providers asked per download. */
   maxProviders?: number;
+  /** Hashes pieces and assembled blobs off the event loop. */
+  hashing?: HashWorker;
 }
 
 /**
@@ -77,7 +80,8 @@ export class PeerPlanner implements SourcePlanner {
     if (!(await this.authorised(request))) return [origin];
     const holders = await this.holders(request);
     if (holders.length === 0) return [origin];
-    return [new SwarmSource(holders, this.pieces, this.opts.partials, this.opts.events, this.opts.logger, origin), origin];
+    const { partials, events, logger, hashing } = this.opts;
+    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, ...(hashing && { hashing }) }), origin];
   }
 
   /**

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { Digest } from '../oci/digest.js';
+import type { PieceTable } from './piece-table.js';
 
 /** What a download is for: the digest, and the repository through which the client reached it. */
 export interface BlobRequest {
@@ -20,9 +21,11 @@ export interface SourceBody {
   /**
    * Set when the source assembled the whole blob in a file of its own (the swarm): the
    * orchestrator then checks that file and moves it into the store instead of copying it.
-   * `release` is called once the file was taken or refused.
+   * `release` is called once the file was taken or refused. `hashed` is the digest the source
+   * computed over exactly the bytes it wrote, when it did (saves reading the file again);
+   * `pieceTable` the table its pieces were checked against (kept with the blob once committed).
    */
-  file?: { path: string; release(): Promise<void> };
+  file?: { path: string; hashed?: string; pieceTable?: PieceTable; release(): Promise<void> };
 }
 
 /**

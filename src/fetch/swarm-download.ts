@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { pieceCount, pieceRange, sameTable, validatePieceTable, type PieceTable } from './piece-table.js';
 
 /*
@@ -22,6 +23,8 @@ import { pieceCount, pieceRange, sameTable, validatePieceTable, type PieceTable 
  *   a bad piece is dropped at once. Bitfields are re-read every refreshMs because providers are
  *   downloading too.
  * - Memory: each request holds at most one piece, and requests are capped per peer and overall.
+ *   Piece buffers are reused within a download: allocating a fresh multi-MiB buffer per piece
+ *   made garbage collection the largest single cost of a transfer (measured).
  */
 
 export interface PieceSource {
@@ -52,10 +55,18 @@ export interface SwarmDownloadOptions {
   /** A pieceInfo call that takes longer fails; default 5 s. */
   infoTimeoutMs?: number;
   signal: AbortSignal;
+  /**
+   * Checks a piece against its table entry (sha256 hex); default: hashed inline. The buffer is
+   * backed by a SharedArrayBuffer, so a worker thread can read it in place.
+   */
+  verifyPiece?(index: number, bytes: Uint8Array, expected: string): Promise<boolean>;
   /** The table was learnt from a provider (not called for `opts.table`). */
   onTable?(table: PieceTable): void;
-  /** A piece was verified and written. */
-  onPiece?(index: number, bytes: number, peerId: string): void;
+  /**
+   * A piece was verified and written. `data` holds its bytes only during the call (the buffer
+   * is reused for the next piece): a caller that needs them later must copy them.
+   */
+  onPiece?(index: number, bytes: number, peerId: string, data: Uint8Array): void;
   /** The peer sent a piece that failed its hash, or a table that differs from the trusted one; it is dropped from this download. */
   onBadPeer?(peerId: string, reason: string): void;
   onPeerFailed?(peerId: string, error: unknown): void;
@@ -146,6 +157,8 @@ class SwarmDownload {
   private readonly stallMs: number;
   private readonly pieceIdleMs: number;
   private readonly infoTimeoutMs: number;
+  /** Piece buffers no request is using (all of the table's piece size). */
+  private readonly spare: Buffer[] = [];
 
   constructor(private readonly opts: SwarmDownloadOptions) {
     this.maxPerPeer = Math.max(1, opts.maxInFlightPerPeer ?? DEFAULT_MAX_IN_FLIGHT_PER_PEER);
@@ -534,21 +547,27 @@ class SwarmDownload {
     const length = end - start;
     const signal = req.controller.signal;
     // Idle timeout: a peer that stops sending fails the request (and the piece goes elsewhere).
-    let idle: NodeJS.Timeout | undefined;
-    const touch = (): void => {
-      clearTimeout(idle);
-      idle = setTimeout(() => req.controller.abort(new PieceTimeoutError(`no data for piece ${index} in ${this.pieceIdleMs} ms`)), this.pieceIdleMs);
+    // Data only records the time; the timer looks at it (re-arming a timer per chunk cost more).
+    let lastData = Date.now();
+    const check = (): void => {
+      const quiet = Date.now() - lastData;
+      if (quiet >= this.pieceIdleMs) req.controller.abort(new PieceTimeoutError(`no data for piece ${index} in ${this.pieceIdleMs} ms`));
+      else idle = setTimeout(check, this.pieceIdleMs - quiet);
     };
-    touch();
+    let idle: NodeJS.Timeout | undefined = setTimeout(check, this.pieceIdleMs);
+    const touch = (): void => {
+      lastData = Date.now();
+    };
 
-    let bytes: Buffer | undefined;
+    const buffer = this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(this.table!.pieceSize));
+    const bytes = buffer.subarray(0, length);
     let notHeld = false;
     let error: unknown;
     let failed = false;
     try {
       const body = await untilAborted(this.opts.source.openRange(peer.id, this.opts.digest, start, length, signal), signal, (late) => late?.destroy());
       if (body === undefined) notHeld = true;
-      else bytes = await readPiece(body, length, signal, touch);
+      else await readPiece(body, bytes, signal, touch);
     } catch (err) {
       failed = true;
       // On our own abort (a timeout) the stream's error may just say "aborted": keep the cause.
@@ -556,7 +575,18 @@ class SwarmDownload {
     } finally {
       clearTimeout(idle);
     }
+    try {
+      await this.settlePiece(req, bytes, failed, notHeld, error);
+    } finally {
+      this.spare.push(buffer);
+    }
+  }
 
+  /** What a finished piece request leads to: a retry elsewhere, a dropped peer, or a written piece. */
+  private async settlePiece(req: Request, bytes: Buffer, failed: boolean, notHeld: boolean, error: unknown): Promise<void> {
+    const { peer, index } = req;
+    const { start, end } = pieceRange(this.table!, index);
+    const length = end - start;
     if (this.finished || req.cancelled) {
       this.release(req);
       return;
@@ -568,8 +598,20 @@ class SwarmDownload {
       this.evaluate();
       return;
     }
-    const hash = createHash('sha256').update(bytes!).digest('hex');
-    if (hash !== this.table!.hashes[index]) {
+    const expected = this.table!.hashes[index]!;
+    let valid: boolean;
+    try {
+      valid = this.opts.verifyPiece ? await this.opts.verifyPiece(index, bytes, expected) : createHash('sha256').update(bytes).digest('hex') === expected;
+    } catch (err) {
+      this.release(req);
+      this.fail(err); // the hasher broke: not the peer's fault
+      return;
+    }
+    if (this.finished || req.cancelled) {
+      this.release(req);
+      return;
+    }
+    if (!valid) {
       this.release(req);
       this.badPeer(peer, `piece ${index} failed its sha256 check`);
       this.evaluate();
@@ -588,7 +630,7 @@ class SwarmDownload {
     peer.busy = 0;
     peer.backoffLevel = 0;
     try {
-      await writeFully(this.opts.file, bytes!, start);
+      await writeFully(this.opts.file, bytes, start);
     } catch (err) {
       this.writing.delete(index);
       this.release(req);
@@ -600,7 +642,7 @@ class SwarmDownload {
     if (this.finished) return;
     this.have[index] = true;
     this.missing--;
-    this.emit(() => this.opts.onPiece?.(index, length, peer.id));
+    this.emit(() => this.opts.onPiece?.(index, length, peer.id, bytes));
     this.evaluate();
   }
 }
@@ -616,33 +658,46 @@ async function writeFully(file: FileHandle, buf: Buffer, position: number): Prom
 }
 
 /**
- * Reads exactly `length` bytes into one buffer. The body is destroyed when `signal` aborts and
- * after the read (either way), which resets a peer stream that has more to send.
+ * Fills `buf` with the body's bytes, which must be exactly as many. The body is destroyed when
+ * `signal` aborts and after the read (either way), which resets a peer stream that has more to
+ * send. Chunks are taken from 'data' events: async iteration would concatenate (copy) whatever
+ * the stream has buffered before this copies it again.
  */
-async function readPiece(body: Readable, length: number, signal: AbortSignal, onData: () => void): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
+async function readPiece(body: Readable, buf: Uint8Array, signal: AbortSignal, onData: () => void): Promise<void> {
+  const length = buf.byteLength;
   let got = 0;
-  const onAbort = (): void => {
-    body.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-  };
-  if (signal.aborted) onAbort();
-  else signal.addEventListener('abort', onAbort, { once: true });
   try {
-    for await (const chunk of body as AsyncIterable<Uint8Array | string>) {
-      if (typeof chunk === 'string') throw new Error('piece body yielded a string');
-      if (got + chunk.byteLength > length) throw new Error(`peer sent more than the piece's ${length} bytes`);
-      buf.set(chunk, got);
-      got += chunk.byteLength;
-      onData();
-    }
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => finish(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      const onChunk = (chunk: Uint8Array | string): void => {
+        if (typeof chunk === 'string') return finish(new Error('piece body yielded a string'));
+        if (got + chunk.byteLength > length) return finish(new Error(`peer sent more than the piece's ${length} bytes`));
+        buf.set(chunk, got);
+        got += chunk.byteLength;
+        onData();
+      };
+      const onEnd = (): void => finish(got === length ? undefined : new Error(`piece body ended after ${got} of ${length} bytes`));
+      const onClose = (): void => finish(new Error(`piece body closed after ${got} of ${length} bytes`));
+      const finish = (err?: Error): void => {
+        signal.removeEventListener('abort', onAbort);
+        body.off('data', onChunk).off('end', onEnd).off('error', finish).off('close', onClose);
+        body.on('error', ignore); // a late error (the reset that follows an abort) is expected
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      body.on('data', onChunk).once('end', onEnd).once('error', finish).once('close', onClose);
+    });
   } finally {
-    signal.removeEventListener('abort', onAbort);
     body.destroy();
+    // Until it has closed, a source may still count it as in flight.
+    await finished(body).catch(ignore);
   }
   signal.throwIfAborted();
-  if (got !== length) throw new Error(`piece body ended after ${got} of ${length} bytes`);
-  return buf;
 }
+
+function ignore(): void {}
 
 /**
  * `promise`, or a rejection as soon as `signal` aborts (sources are not trusted to honour it).

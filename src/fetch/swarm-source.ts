@@ -2,6 +2,8 @@ import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { createHash } from 'node:crypto';
+import { FlushBehind } from '../store/flush-behind.js';
+import type { HashSession, HashWorker } from './hash-worker.js';
 import { Partials, type Partial } from './partials.js';
 import { pieceRange } from './piece-table.js';
 import { swarmDownload, type PieceSource } from './swarm-download.js';
@@ -33,6 +35,19 @@ export interface RangeSource {
  * the swarm could not finish: the orchestrator then fetches the rest from the origin); the
  * orchestrator still checks the whole digest before anything is committed.
  */
+export interface SwarmSourceOptions {
+  /** Peers holding pieces of the blob, best first. */
+  providers: string[];
+  pieces: PieceSource;
+  partials: Partials;
+  events: SwarmSourceEvents;
+  logger: Logger;
+  /** Where the pieces no peer could provide come from. */
+  fallback?: RangeSource;
+  /** Hashes off the event loop; without it, pieces and the whole blob are hashed inline. */
+  hashing?: HashWorker;
+}
+
 export class SwarmSource implements BlobSource {
   readonly kind = 'peer' as const;
   readonly name: string;
@@ -40,16 +55,16 @@ export class SwarmSource implements BlobSource {
   readonly countsOwnBytes = true;
   /** Peers whose pieces went into the last assembly. */
   private contributors = new Set<string>();
+  private readonly providers: string[];
+  private readonly pieces: PieceSource;
+  private readonly partials: Partials;
+  private readonly events: SwarmSourceEvents;
+  private readonly logger: Logger;
+  private readonly fallback: RangeSource | undefined;
 
-  constructor(
-    private readonly providers: string[],
-    private readonly pieces: PieceSource,
-    private readonly partials: Partials,
-    private readonly events: SwarmSourceEvents,
-    private readonly logger: Logger,
-    private readonly fallback?: RangeSource,
-  ) {
-    this.name = `swarm(${providers.length})`;
+  constructor(private readonly opts: SwarmSourceOptions) {
+    ({ providers: this.providers, pieces: this.pieces, partials: this.partials, events: this.events, logger: this.logger, fallback: this.fallback } = opts);
+    this.name = `swarm(${this.providers.length})`;
   }
 
   penalise(_request: BlobRequest, reason: string): void {
@@ -62,6 +77,8 @@ export class SwarmSource implements BlobSource {
     const partial = await this.partials.start(digest);
     let handedOver = false;
     const started = performance.now();
+    const flush = new FlushBehind(partial.file);
+    let hashing: HashSession | undefined;
     try {
       let announced = false;
       const result = await swarmDownload({
@@ -75,9 +92,13 @@ export class SwarmSource implements BlobSource {
         onTable: (table) => {
           partial.table = table;
           partial.have = new Array<boolean>(table.hashes.length).fill(false);
+          hashing = this.opts.hashing?.session(partial.path, table, request.digest.algorithm);
         },
+        ...(this.opts.hashing && { verifyPiece: (index, bytes, expected) => hashing!.verifyPiece(index, bytes, expected) }),
         onPiece: (index, bytes, peerId) => {
           partial.have[index] = true;
+          hashing?.written(index);
+          flush.wrote(bytes);
           this.contributors.add(peerId);
           this.events.piece(peerId, bytes);
           this.events.bytes('peer', bytes);
@@ -93,26 +114,43 @@ export class SwarmSource implements BlobSource {
       partial.table = result.table;
       partial.have = result.have;
       if (result.complete) this.events.transferred((performance.now() - started) / 1000);
-      else if (this.fallback) await this.fillFromOrigin(request, partial, signal);
+      else if (this.fallback) await this.fillFromOrigin(request, partial, signal, hashing);
       const available = partial.have.every(Boolean) ? result.table.size : Partials.prefix(partial);
       if (available <= offset) {
         throw new Error(`the swarm delivered ${available} contiguous bytes of ${result.table.size}`);
       }
-      handedOver = true;
       if (available === result.table.size && offset === 0) {
         // Whole: the orchestrator checks the file's digest and moves it into the store.
+        // A worker that failed leaves the check to the store, which then reads the file again.
+        const digestHex = await hashing?.digest().catch(() => undefined);
+        hashing = undefined;
+        await flush.settle();
+        handedOver = true;
         return {
           size: available,
           body: Readable.from([]),
-          file: { path: partial.path, release: () => this.partials.finish(partial) },
+          file: {
+            path: partial.path,
+            ...(digestHex === undefined ? {} : { hashed: `${request.digest.algorithm}:${digestHex}` }),
+            pieceTable: result.table,
+            release: () => this.partials.finish(partial),
+          },
         };
       }
+      hashing?.close();
+      hashing = undefined;
+      await flush.settle();
+      handedOver = true;
       // Only a prefix: the orchestrator streams it into its writer and resumes after it.
       const body = createReadStream(partial.path, { start: offset, end: available - 1 });
       body.once('close', () => void this.partials.finish(partial));
       return { size: result.table.size, body };
     } finally {
-      if (!handedOver) await this.partials.finish(partial);
+      if (!handedOver) {
+        hashing?.close();
+        await flush.settle();
+        await this.partials.finish(partial);
+      }
     }
   }
 
@@ -120,7 +158,7 @@ export class SwarmSource implements BlobSource {
    * Fetches the pieces the swarm could not provide from the origin, each checked against the
    * table like a peer's: what peers already delivered is never fetched again.
    */
-  private async fillFromOrigin(request: BlobRequest, partial: Partial, signal: AbortSignal): Promise<void> {
+  private async fillFromOrigin(request: BlobRequest, partial: Partial, signal: AbortSignal, hashing: HashSession | undefined): Promise<void> {
     const table = partial.table!;
     const missing = partial.have.flatMap((held, index) => (held ? [] : [index]));
     this.logger.info({ digest: partial.digest, pieces: missing.length }, 'swarm stalled: missing pieces come from the origin');
@@ -133,6 +171,7 @@ export class SwarmSource implements BlobSource {
       }
       await partial.file.write(bytes, 0, bytes.length, start);
       partial.have[index] = true;
+      hashing?.written(index);
       this.events.bytes('origin', bytes.length);
     }
   }

@@ -11,7 +11,7 @@ import { sendAll } from './stream-io.js';
 
 /** Refuse absurd requests: a benchmark never needs more than this. */
 export const MAX_BENCH_BYTES = 64 * 1024 ** 3;
-const CHUNK = new Uint8Array(256 * 1024);
+const CHUNK = new Uint8Array(1024 * 1024);
 
 export function benchHandler(logger: Logger) {
   return async (stream: Stream, connection: Connection): Promise<void> => {

@@ -35,7 +35,7 @@ export interface BlobRequest {
 /** Longest request accepted; a digest and two numbers fit in far less. */
 export const MAX_REQUEST_BYTES = 4096;
 /** Bytes gathered from the blob body before one send (see BlobServer.serve). */
-const SEND_BATCH = 256 * 1024;
+const SEND_BATCH = 1024 * 1024;
 /** A peer that opens a stream must send its request within this time. */
 export const REQUEST_TIMEOUT_MS = 10_000;
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Digest } from '../oci/digest.js';
 import { DigestMismatchError, hasherFor, tryParseDigest } from '../oci/digest.js';
+import type { PieceTable } from '../fetch/piece-table.js';
 import { BlobWriter } from './blob-writer.js';
 import { Metadata, type BlobRecord } from './metadata.js';
 
@@ -132,9 +133,10 @@ export class BlobStore {
       return await BlobWriter.create(
         digest,
         temp,
-        async (size) => {
+        async (size, table) => {
           const at = this.now();
           await this.metadata.putBlob(digest.value, { size, mediaType, createdAt: at, lastAccess: at });
+          if (table !== undefined) await this.metadata.putPieceTable(digest.value, table);
           this.account(digest.value, size);
           this.scheduleEviction();
         },
@@ -149,18 +151,31 @@ export class BlobStore {
   /**
    * Moves a complete blob file (assembled elsewhere under this store's dir) into place once its
    * bytes hash to the digest; throws DigestMismatchError (and leaves the file) if they do not.
+   * `opts.hashed` is the digest the caller computed over exactly the bytes it wrote to the file
+   * (as it wrote them): it is checked instead of reading the file again. `opts.pieceTable`, the
+   * table the file was assembled against, is kept with the blob (it is right if the digest is).
    */
-  async commitFile(digest: Digest, path: string, source: string, mediaType?: string): Promise<void> {
+  async commitFile(
+    digest: Digest,
+    path: string,
+    source: string,
+    opts: { mediaType?: string; hashed?: string; pieceTable?: PieceTable } = {},
+  ): Promise<void> {
     if (this.writing.has(digest.value)) throw new Error(`${digest.value} is already being written`);
     this.writing.add(digest.value);
     try {
-      const hash = hasherFor(digest);
       let size = 0;
-      for await (const chunk of createReadStream(path, { highWaterMark: READ_CHUNK })) {
-        hash.update(chunk as Buffer);
-        size += (chunk as Buffer).length;
+      let actual = opts.hashed;
+      if (actual === undefined) {
+        const hash = hasherFor(digest);
+        for await (const chunk of createReadStream(path, { highWaterMark: READ_CHUNK })) {
+          hash.update(chunk as Buffer);
+          size += (chunk as Buffer).length;
+        }
+        actual = `${digest.algorithm}:${hash.digest('hex')}`;
+      } else {
+        size = (await stat(path)).size;
       }
-      const actual = `${digest.algorithm}:${hash.digest('hex')}`;
       if (actual !== digest.value) throw new DigestMismatchError(digest.value, actual, source);
       const file = await open(path, 'r');
       try {
@@ -170,7 +185,8 @@ export class BlobStore {
       }
       await rename(path, this.pathOf(digest));
       const at = this.now();
-      await this.metadata.putBlob(digest.value, { size, mediaType, createdAt: at, lastAccess: at });
+      await this.metadata.putBlob(digest.value, { size, mediaType: opts.mediaType, createdAt: at, lastAccess: at });
+      if (opts.pieceTable !== undefined) await this.metadata.putPieceTable(digest.value, opts.pieceTable);
       this.account(digest.value, size);
       this.scheduleEviction();
     } finally {

@@ -1,6 +1,8 @@
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import { DigestMismatchError, hasherFor, type Digest } from '../oci/digest.js';
+import { PieceHasher, type PieceTable } from '../fetch/piece-table.js';
+import { FlushBehind } from './flush-behind.js';
 
 /**
  * Writes one blob to a temporary file while hashing it. Bytes may arrive from several
@@ -11,21 +13,24 @@ export class BlobWriter {
   private readonly hash: Hash;
   private written = 0;
   private done = false;
+  private readonly flush: FlushBehind;
+  private pieces: PieceHasher | undefined;
 
   constructor(
     readonly digest: Digest,
     private readonly tempPath: string,
     private readonly file: FileHandle,
-    private readonly onCommit: (size: number) => Promise<void>,
+    private readonly onCommit: (size: number, table: PieceTable | undefined) => Promise<void>,
     private readonly onRelease: () => void,
   ) {
     this.hash = hasherFor(digest);
+    this.flush = new FlushBehind(file);
   }
 
   static async create(
     digest: Digest,
     tempPath: string,
-    onCommit: (size: number) => Promise<void>,
+    onCommit: (size: number, table: PieceTable | undefined) => Promise<void>,
     onRelease: () => void,
   ): Promise<BlobWriter> {
     const file = await open(tempPath, 'wx', 0o644);
@@ -34,6 +39,15 @@ export class BlobWriter {
 
   get bytesWritten(): number {
     return this.written;
+  }
+
+  /**
+   * Also computes the blob's piece table as the bytes go by, for a blob of `size` bytes: peers
+   * can then be served pieces of it at once, without a second read of the file. Only from the
+   * first byte on (else it is ignored).
+   */
+  trackPieces(size: number): void {
+    if (this.written === 0 && this.pieces === undefined) this.pieces = new PieceHasher(size);
   }
 
   /** Appends chunks (one vectored write), hashing them in order. */
@@ -45,12 +59,20 @@ export class BlobWriter {
       this.hash.update(chunk);
       length += chunk.length;
     }
+    if (this.pieces !== undefined) {
+      try {
+        for (const chunk of list) this.pieces.update(chunk);
+      } catch {
+        this.pieces = undefined; // more bytes than announced: the digest check will fail anyway
+      }
+    }
     let written = 0;
     while (written < length) {
       const { bytesWritten } = await this.file.writev(remaining(list, written), this.written + written);
       written += bytesWritten;
     }
     this.written += length;
+    this.flush.wrote(length);
   }
 
   /** Verifies the digest, makes the file durable and moves it into place. */
@@ -60,16 +82,23 @@ export class BlobWriter {
     try {
       const actual = `${this.digest.algorithm}:${this.hash.digest('hex')}`;
       if (actual !== this.digest.value) throw new DigestMismatchError(this.digest.value, actual, source);
+      await this.flush.settle();
       await this.file.sync();
       await this.file.close();
       await rename(this.tempPath, finalPath);
-      await this.onCommit(this.written);
+      await this.onCommit(this.written, this.pieceTable());
     } catch (err) {
       await this.discard();
       throw err;
     } finally {
       this.onRelease();
     }
+  }
+
+  /** The table of a verified blob whose size was announced right. */
+  private pieceTable(): PieceTable | undefined {
+    if (this.pieces === undefined || this.pieces.size !== this.written) return undefined;
+    return this.pieces.finish();
   }
 
   /** Drops everything written; nothing reaches the store. */
@@ -81,6 +110,7 @@ export class BlobWriter {
   }
 
   private async discard(): Promise<void> {
+    await this.flush.settle();
     await this.file.close().catch(() => undefined);
     await rm(this.tempPath, { force: true });
   }

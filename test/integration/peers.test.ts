@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pino } from 'pino';
@@ -121,6 +121,16 @@ describe('agents sharing blobs over libp2p', () => {
     expect(await metric(b!, 'shoal_peers')).toBeGreaterThanOrEqual(1);
     expect(await metric(b!, 'shoal_provider_lookup_seconds_count')).toBeGreaterThan(0);
     expect(await metric(c!, 'shoal_peer_transfer_seconds_count')).toBeGreaterThan(0);
+    // Every agent kept each layer's piece table as the layer came in (from the origin or
+    // assembled from pieces), so a peer asking for it costs no second read of the blob.
+    for (const x of [a!, b!, c!]) {
+      for (const layer of image.layerDigests) {
+        const stored = await x.agent.store.get(parseDigest(layer));
+        const hasher = new PieceHasher(stored!.size);
+        hasher.update(await readFile(stored!.path));
+        expect(await x.agent.store.metadata.getPieceTable(layer)).toEqual(hasher.finish());
+      }
+    }
   });
 
   it('provides what it holds after a restart', async () => {

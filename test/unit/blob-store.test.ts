@@ -2,6 +2,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { PieceHasher } from '../../src/fetch/piece-table.js';
 import { digestOf, DigestMismatchError } from '../../src/oci/digest.js';
 import { BlobStore } from '../../src/store/blob-store.js';
 
@@ -139,6 +141,52 @@ describe('BlobStore', () => {
     expect(await store.get(a)).toBeUndefined();
     expect(await store.get(b)).toBeDefined();
     expect(store.size).toBe(100);
+    await store.close();
+  });
+
+  it('commits an assembled file, checking it by reading it or by the digest its writer computed', async () => {
+    const store = await BlobStore.open({ dir, maxSize: 1 << 20, now });
+    const bytes = Buffer.from('assembled from pieces');
+    const digest = digestOf(bytes);
+    const temp = join(dir, 'tmp', 'assembled');
+    // Read and hashed: a file with other bytes is refused and left in place.
+    await writeFile(temp, Buffer.from('assembled from lies!!'));
+    await expect(store.commitFile(digest, temp, 'peers')).rejects.toBeInstanceOf(DigestMismatchError);
+    expect(await readFile(temp, 'utf8')).toBe('assembled from lies!!');
+    // A computed digest that differs is refused the same way.
+    await writeFile(temp, bytes);
+    await expect(store.commitFile(digest, temp, 'peers', { hashed: digestOf(Buffer.from('x')).value })).rejects.toBeInstanceOf(DigestMismatchError);
+    expect(await store.get(digest)).toBeUndefined();
+    // A matching one commits, with the size taken from the file and the piece table kept.
+    const table = { size: bytes.length, pieceSize: 4 * 1024 * 1024, hashes: [digest.hex] };
+    await store.commitFile(digest, temp, 'peers', { hashed: digest.value, pieceTable: table });
+    expect((await store.get(digest))?.size).toBe(bytes.length);
+    expect(await readFile(store.pathOf(digest))).toEqual(bytes);
+    expect(await store.metadata.getPieceTable(digest.value)).toEqual(table);
+    await store.close();
+  });
+
+  it('computes a piece table while writing when asked to, and keeps it only for a blob of the announced size', async () => {
+    const store = await BlobStore.open({ dir, maxSize: 64 << 20, now });
+    const bytes = randomBytes(5 * 1024 * 1024);
+    const digest = digestOf(bytes);
+    const writer = await store.beginWrite(digest);
+    writer.trackPieces(bytes.length);
+    await writer.write([bytes.subarray(0, 3 << 20), bytes.subarray(3 << 20)]);
+    await writer.commit(store.pathOf(digest), 'origin');
+    const hasher = new PieceHasher(bytes.length);
+    hasher.update(bytes);
+    expect(await store.metadata.getPieceTable(digest.value)).toEqual(hasher.finish());
+
+    // Announced wrong (the source said more bytes than it sent): no table.
+    const other = Buffer.from('short');
+    const otherDigest = digestOf(other);
+    const short = await store.beginWrite(otherDigest);
+    short.trackPieces(other.length + 1);
+    await short.write(other);
+    await short.commit(store.pathOf(otherDigest), 'origin');
+    expect(await store.get(otherDigest)).toBeDefined();
+    expect(await store.metadata.getPieceTable(otherDigest.value)).toBeUndefined();
     await store.close();
   });
 });

@@ -212,6 +212,32 @@ describe('swarmDownload', () => {
     expect(swarm.open.size).toBe(0);
   });
 
+  it('checks pieces with the given verifier, in reused shared buffers, and treats its failure as its own', async () => {
+    const swarm = new FakeSwarm({ a: { have: all(), corrupt: new Set([5]) }, b: { have: all() } });
+    const buffers = new Set<ArrayBufferLike>();
+    const { promise, events } = run(swarm, {
+      maxInFlightPerPeer: 2,
+      verifyPiece: async (index, bytes, expected) => {
+        expect(expected).toBe(table.hashes[index]);
+        expect(bytes.buffer).toBeInstanceOf(SharedArrayBuffer); // a worker thread can read it in place
+        buffers.add(bytes.buffer);
+        return createHash('sha256').update(bytes).digest('hex') === expected;
+      },
+    });
+    const result = await promise;
+    expect(result.complete).toBe(true);
+    expect(await fileDigest()).toBe(digest);
+    // The verifier's verdict decides: a's corrupt piece got it dropped.
+    expect(events.bad.map((b) => b.peer)).toEqual(['a']);
+    // One buffer per request in flight (two peers, two each; a cancelled request holds its
+    // own until it has wound down), reused for the 11 pieces.
+    expect(buffers.size).toBeLessThanOrEqual(6);
+
+    const broken = run(new FakeSwarm({ a: { have: all() } }), { verifyPiece: async () => Promise.reject(new Error('hasher died')) });
+    await expect(broken.promise).rejects.toThrow('hasher died');
+    expect(broken.events.bad).toEqual([]);
+  });
+
   it('respects the overall in-flight cap', async () => {
     const swarm = new FakeSwarm({
       a: { have: all(), chunkDelayMs: 1 },
