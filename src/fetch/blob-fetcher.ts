@@ -118,7 +118,12 @@ export class BlobFetcher {
             if (size !== undefined) progress.size = size;
             if (opened.file && writer.bytesWritten === 0) {
               opened.body.destroy();
-              return mark(await this.adopt(request, writer, opened.file, source.name));
+              const stored = await this.adopt(request, writer, opened.file, source.name);
+              this.logger.info(
+                { reqId: request.requestId, digest: stored.digest, bytes: stored.size, from: source.name, ms: Math.round(performance.now() - started) },
+                'blob committed',
+              );
+              return mark(stored);
             }
             if (source.kind === 'origin') this.observer.originStarted?.(request.digest.value);
             if (this.opts.pieceTables === true && size !== undefined) writer.trackPieces(size);

@@ -81,7 +81,23 @@ export class PeerPlanner implements SourcePlanner {
     const holders = await this.holders(request);
     if (holders.length === 0) return [origin];
     const { partials, events, logger, hashing } = this.opts;
-    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, ...(hashing && { hashing }) }), origin];
+    const discover = this.discoverer(request.digest.value, holders);
+    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, discover, ...(hashing && { hashing }) }), origin];
+  }
+
+  /**
+   * Finds providers that appear while a swarm download runs (agents of the same wave that
+   * began to hold pieces). A download from the zone's own peers stays inside the zone.
+   */
+  private discoverer(digest: string, holders: string[]): () => Promise<string[]> {
+    const { swarm, book, self } = this.opts;
+    const zoneOf = (id: string) => swarm.peers().find((p) => p.id === id)?.zone;
+    const local = holders.some((id) => zoneOf(id) === self.zone);
+    return async () => {
+      const found = (await this.lookup(digest)).filter((id) => id !== self.id && (!local || zoneOf(id) === self.zone));
+      const known = new Map(swarm.peers().map((p) => [p.id, p]));
+      return book.rank(found.map((id) => known.get(id) ?? { id })).map((p) => p.id);
+    };
   }
 
   /**

@@ -50,6 +50,13 @@ export interface SwarmDownloadOptions {
   maxInFlight?: number;
   /** Re-ask providers' bitfields this often (they are downloading too); default 500 ms. */
   refreshMs?: number;
+  /**
+   * Finds the blob's providers now (peers that began to hold pieces since the download
+   * started); those not known yet join the download. Called every `discoverMs` (default 2 s)
+   * while pieces are missing and fewer than three known providers hold any, one call at a time.
+   */
+  discover?(signal: AbortSignal): Promise<string[]>;
+  discoverMs?: number;
   /** A piece request that receives no bytes for this long fails; default 10 s. */
   pieceIdleTimeoutMs?: number;
   /** A pieceInfo call that takes longer fails; default 5 s. */
@@ -85,6 +92,9 @@ export interface SwarmDownloadResult {
 const DEFAULT_MAX_IN_FLIGHT_PER_PEER = 2;
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
 const DEFAULT_REFRESH_MS = 500;
+const DEFAULT_DISCOVER_MS = 2000;
+/** Providers holding missing pieces beyond which no more are looked for. */
+const ENOUGH_SOURCES = 3;
 const DEFAULT_STALL_MS = 3000;
 const DEFAULT_PIECE_IDLE_TIMEOUT_MS = 10_000;
 const DEFAULT_INFO_TIMEOUT_MS = 5000;
@@ -92,12 +102,22 @@ const DEFAULT_INFO_TIMEOUT_MS = 5000;
 const INFO_CONCURRENCY = 8;
 /** Consecutive failures after which a peer is dropped from the download. */
 const MAX_FAILURES = 3;
-/** Busy answers are not the peer's fault, so they take longer to get it dropped. */
-const MAX_BUSY = 10;
+/**
+ * Busy answers are not the peer's fault: a peer is dropped for them only after this many in a
+ * row (~20 s of asking), so a download falls back to the origin rather than wait forever.
+ */
+const MAX_BUSY = 100;
+const BUSY_BACKOFF_MS = 200;
 const BACKOFF_BASE_MS = 200;
 const BACKOFF_MAX_MS = 2000;
 /** Endgame: requests for one piece at once. */
 const MAX_REQUESTS_PER_PIECE = 2;
+/** Endgame: a request younger than this (or than twice the usual piece time) is not duplicated. */
+const ENDGAME_MIN_AGE_MS = 500;
+
+function newPeer(id: string): Peer {
+  return { id, bitfield: undefined, inFlight: new Map(), dropped: false, failures: 0, busy: 0, backoffLevel: 0, backoffUntil: 0, infoBusy: false, answered: false };
+}
 
 export async function swarmDownload(opts: SwarmDownloadOptions): Promise<SwarmDownloadResult> {
   return new SwarmDownload(opts).run();
@@ -111,7 +131,7 @@ interface Peer {
   /** Consecutive failures (busy answers excluded), reset by a verified piece. */
   failures: number;
   busy: number;
-  /** Grows with every failure, busy included; drives the backoff. */
+  /** Grows with every failure (busy answers excluded); drives the backoff. */
   backoffLevel: number;
   backoffUntil: number;
   infoBusy: boolean;
@@ -149,6 +169,9 @@ class SwarmDownload {
   private resolve!: (r: SwarmDownloadResult) => void;
   private reject!: (err: unknown) => void;
   private refreshTimer: NodeJS.Timeout | undefined;
+  private discoverTimer: NodeJS.Timeout | undefined;
+  private discovering = false;
+  private readonly discoverMs: number;
   private stallTimer: NodeJS.Timeout | undefined;
   private wakeTimer: NodeJS.Timeout | undefined;
   private wakeAt = Infinity;
@@ -157,6 +180,8 @@ class SwarmDownload {
   private readonly stallMs: number;
   private readonly pieceIdleMs: number;
   private readonly infoTimeoutMs: number;
+  /** Moving average of how long a piece took, for the endgame. */
+  private pieceMs: number | undefined;
   /** Piece buffers no request is using (all of the table's piece size). */
   private readonly spare: Buffer[] = [];
 
@@ -166,18 +191,8 @@ class SwarmDownload {
     this.stallMs = Math.max(0, opts.stallMs ?? DEFAULT_STALL_MS);
     this.pieceIdleMs = opts.pieceIdleTimeoutMs ?? DEFAULT_PIECE_IDLE_TIMEOUT_MS;
     this.infoTimeoutMs = opts.infoTimeoutMs ?? DEFAULT_INFO_TIMEOUT_MS;
-    this.peers = [...new Set(opts.providers)].map((id) => ({
-      id,
-      bitfield: undefined,
-      inFlight: new Map(),
-      dropped: false,
-      failures: 0,
-      busy: 0,
-      backoffLevel: 0,
-      backoffUntil: 0,
-      infoBusy: false,
-      answered: false,
-    }));
+    this.peers = [...new Set(opts.providers)].map(newPeer);
+    this.discoverMs = Math.max(10, opts.discoverMs ?? DEFAULT_DISCOVER_MS);
   }
 
   async run(): Promise<SwarmDownloadResult> {
@@ -206,12 +221,14 @@ class SwarmDownload {
     try {
       for (const peer of this.peers) this.queueInfo(peer);
       this.refreshTimer = setInterval(() => this.refresh(), this.refreshMs);
+      if (this.opts.discover) this.discoverTimer = setInterval(() => this.discover(), this.discoverMs);
       this.evaluate();
       return await done;
     } finally {
       signal.removeEventListener('abort', onAbort);
       this.finished = true;
       clearInterval(this.refreshTimer);
+      clearInterval(this.discoverTimer);
       clearTimeout(this.stallTimer);
       clearTimeout(this.wakeTimer);
       for (const set of this.requests.values()) for (const req of set) this.cancel(req);
@@ -315,8 +332,11 @@ class SwarmDownload {
       this.dropPeer(peer);
       return;
     }
-    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** peer.backoffLevel);
-    peer.backoffLevel++;
+    // A busy peer is serving others at its upload limit: a slot frees within moments, so it is
+    // asked again soon (with jitter, so a wave of downloaders does not return in step).
+    const delay = busy
+      ? BUSY_BACKOFF_MS * (0.5 + Math.random())
+      : Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** peer.backoffLevel++);
     peer.backoffUntil = Date.now() + delay;
     this.scheduleWake(peer.backoffUntil);
   }
@@ -436,6 +456,37 @@ class SwarmDownload {
     this.evaluate();
   }
 
+  /**
+   * Adds providers that appeared since the start: in a rollout every agent starts at the same
+   * moment, when only the origin fetcher holds anything, and the others begin to serve pieces
+   * a moment later. Without this, a whole wave would download from the fetcher alone.
+   */
+  private discover(): void {
+    if (this.finished || this.discovering || (this.table !== undefined && this.missing === 0)) return;
+    // Enough sources already: more would only add requests and bookkeeping, not speed.
+    if (this.peers.filter((p) => !p.dropped && p.bitfield !== undefined && this.holdsMissing(p)).length >= ENOUGH_SOURCES) return;
+    this.discovering = true;
+    this.track(async () => {
+      let found: string[] = [];
+      try {
+        found = await untilAborted(this.opts.discover!(this.controller.signal), this.controller.signal);
+      } catch {
+        // a failed lookup finds nobody new; the next one may
+      } finally {
+        this.discovering = false;
+      }
+      if (this.finished) return;
+      const known = new Set(this.peers.map((p) => p.id));
+      for (const id of new Set(found)) {
+        if (known.has(id)) continue;
+        const peer = newPeer(id);
+        this.peers.push(peer);
+        this.queueInfo(peer);
+      }
+      this.evaluate();
+    });
+  }
+
   private coversMissing(bits: boolean[]): boolean {
     for (let i = 0; i < this.have.length; i++) if (!this.have[i] && bits[i] !== true) return false;
     return true;
@@ -497,9 +548,16 @@ class SwarmDownload {
     }
   }
 
-  /** The in-flight piece this peer could duplicate: fewest requests, then the oldest. */
+  /**
+   * The in-flight piece this peer could duplicate: fewest requests, then the oldest. Only a
+   * request running well past the usual piece time is duplicated: with few pieces and many
+   * peers the endgame starts at once, and duplicating every request would fetch the whole
+   * blob twice (measured in a rollout: half again the CPU, a slower rollout).
+   */
   private endgamePick(peer: Peer): number | undefined {
     const bits = peer.bitfield!;
+    const now = Date.now();
+    const slowAfter = this.pieceMs === undefined ? Infinity : Math.max(ENDGAME_MIN_AGE_MS, 2 * this.pieceMs);
     let best: number | undefined;
     let bestCount = Infinity;
     let bestStart = Infinity;
@@ -507,6 +565,7 @@ class SwarmDownload {
       if (bits[i] !== true || peer.inFlight.has(i) || this.writing.has(i) || set.size >= MAX_REQUESTS_PER_PIECE) continue;
       let oldest = Infinity;
       for (const r of set) oldest = Math.min(oldest, r.startedAt);
+      if (now - oldest < slowAfter) continue;
       if (set.size < bestCount || (set.size === bestCount && oldest < bestStart)) {
         best = i;
         bestCount = set.size;
@@ -642,6 +701,8 @@ class SwarmDownload {
     if (this.finished) return;
     this.have[index] = true;
     this.missing--;
+    const took = Date.now() - req.startedAt;
+    this.pieceMs = this.pieceMs === undefined ? took : 0.8 * this.pieceMs + 0.2 * took;
     this.emit(() => this.opts.onPiece?.(index, length, peer.id, bytes));
     this.evaluate();
   }

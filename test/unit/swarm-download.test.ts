@@ -213,7 +213,7 @@ describe('swarmDownload', () => {
   });
 
   it('checks pieces with the given verifier, in reused shared buffers, and treats its failure as its own', async () => {
-    const swarm = new FakeSwarm({ a: { have: all(), corrupt: new Set([5]) }, b: { have: all() } });
+    const swarm = new FakeSwarm({ a: { have: all(), corrupt: all() }, b: { have: all() } });
     const buffers = new Set<ArrayBufferLike>();
     const { promise, events } = run(swarm, {
       maxInFlightPerPeer: 2,
@@ -227,7 +227,7 @@ describe('swarmDownload', () => {
     const result = await promise;
     expect(result.complete).toBe(true);
     expect(await fileDigest()).toBe(digest);
-    // The verifier's verdict decides: a's corrupt piece got it dropped.
+    // The verifier's verdict decides: a's first (corrupt) piece got it dropped.
     expect(events.bad.map((b) => b.peer)).toEqual(['a']);
     // One buffer per request in flight (two peers, two each; a cancelled request holds its
     // own until it has wound down), reused for the 11 pieces.
@@ -403,6 +403,66 @@ describe('swarmDownload', () => {
     expect(second.events.failed.map((f) => f.peer)).toEqual(['odd']);
     expect(swarm2.requestsTo('odd')).toEqual([]);
     expect(await fileDigest()).toBe(digest);
+  });
+
+  it('adds providers that appear during the download, but never one it dropped', async () => {
+    // a is slow; x lies about every piece; b and c only become known through discovery.
+    const swarm = new FakeSwarm({
+      a: { have: all(), chunkDelayMs: 20 },
+      x: { have: all(), corrupt: all() },
+      b: { have: all() },
+      c: { have: new Set([1, 2, 3]) },
+    });
+    let calls = 0;
+    let requestsToXAtDrop = -1;
+    const { promise, events } = run(swarm, {
+      providers: ['a', 'x'],
+      discoverMs: 50,
+      discover: async () => (++calls === 1 ? ['c'] : ['a', 'x', 'b', 'c', 'b']),
+      onBadPeer: (peer, reason) => {
+        events.bad.push({ peer, reason });
+        requestsToXAtDrop = swarm.requestsTo('x').length;
+      },
+    });
+    const result = await promise;
+    expect(result.complete).toBe(true);
+    expect(await fileDigest()).toBe(digest);
+    expect(calls).toBeGreaterThanOrEqual(2);
+    expect(piecesFrom(events, 'b').length).toBeGreaterThan(0);
+    expect(swarm.infoCalls.get('c')).toBeGreaterThan(0);
+    // x was dropped at its first piece and never asked again, though discovery named it.
+    expect(events.bad.map((b) => b.peer)).toEqual(['x']);
+    expect(requestsToXAtDrop).toBeGreaterThan(0);
+    expect(swarm.requestsTo('x').length).toBe(requestsToXAtDrop);
+  });
+
+  it('keeps asking a busy peer: busy answers are not failures', async () => {
+    // More busy answers than failures (3) or the old busy limit (10) would have allowed.
+    let busyLeft = 12;
+    const swarm = new FakeSwarm({ a: { have: all() } });
+    const source: PieceSource = {
+      pieceInfo: (peer, d, signal) => swarm.pieceInfo(peer, d, signal),
+      openRange: async (peer, d, offset, length, signal) => {
+        if (busyLeft-- > 0) throw Object.assign(new Error('peer a is busy'), { name: 'PeerBusyError' });
+        return swarm.openRange(peer, d, offset, length, signal);
+      },
+    };
+    const { promise, events } = run(swarm, { source, maxInFlightPerPeer: 1 });
+    expect((await promise).complete).toBe(true);
+    expect(await fileDigest()).toBe(digest);
+    expect(events.failed.length).toBe(12);
+    expect(events.bad).toEqual([]);
+    expect(piecesFrom(events, 'a').length).toBe(COUNT);
+  });
+
+  it('endgame: does not duplicate requests that progress at the usual pace', async () => {
+    // Six peers with four slots each: every piece is in flight at once, the endgame from the start.
+    const peers = Object.fromEntries(['a', 'b', 'c', 'd', 'e', 'f'].map((id) => [id, { have: all(), chunkDelayMs: 2 }]));
+    const swarm = new FakeSwarm(peers);
+    const { promise } = run(swarm, { maxInFlightPerPeer: 4 });
+    expect((await promise).complete).toBe(true);
+    expect(await fileDigest()).toBe(digest);
+    expect(swarm.requests.length).toBe(COUNT); // each piece asked for once
   });
 
   it('endgame: duplicates the pieces a stuck peer holds and cancels the loser', async () => {
