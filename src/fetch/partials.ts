@@ -5,6 +5,9 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pieceRange, type PieceTable } from './piece-table.js';
 
+/** Read size for serving pieces: the blob protocol sends 1 MiB batches. */
+const READ_CHUNK = 1024 * 1024;
+
 /** A blob being assembled from pieces: its file, its table, and the pieces verified so far. */
 export interface Partial {
   readonly digest: string;
@@ -59,7 +62,7 @@ export class Partials {
       if (!partial.have[i]) return undefined;
     }
     if (end === offset) return { size: table.size, body: Readable.from([]) };
-    return { size: table.size, body: createReadStream(partial.path, { start: offset, end: end - 1 }) };
+    return { size: table.size, body: createReadStream(partial.path, { start: offset, end: end - 1, highWaterMark: READ_CHUNK }) };
   }
 
   /** The contiguous verified prefix, in bytes. */
