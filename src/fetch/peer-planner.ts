@@ -17,7 +17,7 @@ const MAX_POLL_MS = 1_000;
 /** The part of the libp2p node a download needs. */
 export interface Swarm {
   findProviders(digest: string, opts: { timeoutMs: number; max?: number }): Promise<string[]>;
-  pieceInfo(peerId: string, digest: string, opts?: { signal?: AbortSignal }): Promise<{ table: PieceTable; have: boolean[] } | 'pending' | undefined>;
+  pieceInfo(peerId: string, digest: string, opts?: { signal?: AbortSignal }): Promise<{ table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined>;
   openBlob(
     peerId: string,
     digest: string,
@@ -68,7 +68,15 @@ export class PeerPlanner implements SourcePlanner {
   constructor(private readonly opts: PeerPlannerOptions) {
     const { swarm } = opts;
     this.pieces = {
-      pieceInfo: (peer, digest, signal) => swarm.pieceInfo(peer, digest, { signal }),
+      pieceInfo: async (peer, digest, signal) => {
+        const answer = await swarm.pieceInfo(peer, digest, { signal });
+        if (typeof answer !== 'object' || answer.peers === undefined) return answer;
+        // Peers another agent named join a download only if they are of this zone (and not
+        // penalised): a blob should cross between zones once, through the zone's fetcher.
+        const zoneOf = new Map(swarm.peers().map((p) => [p.id, p.zone]));
+        const local = answer.peers.filter((id) => id !== opts.self.id && zoneOf.get(id) === opts.self.zone);
+        return { ...answer, peers: opts.book.rank(local.map((id) => ({ id }))).map((p) => p.id) };
+      },
       openRange: async (peer, digest, offset, length, signal) =>
         (await swarm.openBlob(peer, digest, offset, { length, signal }))?.body,
     };
@@ -81,23 +89,7 @@ export class PeerPlanner implements SourcePlanner {
     const holders = await this.holders(request);
     if (holders.length === 0) return [origin];
     const { partials, events, logger, hashing } = this.opts;
-    const discover = this.discoverer(request.digest.value, holders);
-    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, discover, ...(hashing && { hashing }) }), origin];
-  }
-
-  /**
-   * Finds providers that appear while a swarm download runs (agents of the same wave that
-   * began to hold pieces). A download from the zone's own peers stays inside the zone.
-   */
-  private discoverer(digest: string, holders: string[]): () => Promise<string[]> {
-    const { swarm, book, self } = this.opts;
-    const zoneOf = (id: string) => swarm.peers().find((p) => p.id === id)?.zone;
-    const local = holders.some((id) => zoneOf(id) === self.zone);
-    return async () => {
-      const found = (await this.lookup(digest)).filter((id) => id !== self.id && (!local || zoneOf(id) === self.zone));
-      const known = new Map(swarm.peers().map((p) => [p.id, p]));
-      return book.rank(found.map((id) => known.get(id) ?? { id })).map((p) => p.id);
-    };
+    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, ...(hashing && { hashing }) }), origin];
   }
 
   /**

@@ -28,8 +28,11 @@ import { pieceCount, pieceRange, sameTable, validatePieceTable, type PieceTable 
  */
 
 export interface PieceSource {
-  /** 'pending': the peer is fetching the blob and has no verified piece yet (treated as none held). */
-  pieceInfo(peerId: string, digest: string, signal: AbortSignal): Promise<{ table: PieceTable; have: boolean[] } | 'pending' | undefined>;
+  /**
+   * 'pending': the peer is fetching the blob and has no verified piece yet (treated as none
+   * held). `peers`: others the peer knows to be after the blob too; they join the download.
+   */
+  pieceInfo(peerId: string, digest: string, signal: AbortSignal): Promise<{ table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined>;
   openRange(peerId: string, digest: string, offset: number, length: number, signal: AbortSignal): Promise<Readable | undefined>;
 }
 
@@ -50,13 +53,6 @@ export interface SwarmDownloadOptions {
   maxInFlight?: number;
   /** Re-ask providers' bitfields this often (they are downloading too); default 500 ms. */
   refreshMs?: number;
-  /**
-   * Finds the blob's providers now (peers that began to hold pieces since the download
-   * started); those not known yet join the download. Called every `discoverMs` (default 2 s)
-   * while pieces are missing and fewer than three known providers hold any, one call at a time.
-   */
-  discover?(signal: AbortSignal): Promise<string[]>;
-  discoverMs?: number;
   /** A piece request that receives no bytes for this long fails; default 10 s. */
   pieceIdleTimeoutMs?: number;
   /** A pieceInfo call that takes longer fails; default 5 s. */
@@ -92,9 +88,8 @@ export interface SwarmDownloadResult {
 const DEFAULT_MAX_IN_FLIGHT_PER_PEER = 2;
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
 const DEFAULT_REFRESH_MS = 500;
-const DEFAULT_DISCOVER_MS = 2000;
-/** Providers holding missing pieces beyond which no more are looked for. */
-const ENOUGH_SOURCES = 3;
+/** Peers one download asks at most (those it started with, and those it was told of). */
+const MAX_PEERS = 32;
 const DEFAULT_STALL_MS = 3000;
 const DEFAULT_PIECE_IDLE_TIMEOUT_MS = 10_000;
 const DEFAULT_INFO_TIMEOUT_MS = 5000;
@@ -169,9 +164,7 @@ class SwarmDownload {
   private resolve!: (r: SwarmDownloadResult) => void;
   private reject!: (err: unknown) => void;
   private refreshTimer: NodeJS.Timeout | undefined;
-  private discoverTimer: NodeJS.Timeout | undefined;
-  private discovering = false;
-  private readonly discoverMs: number;
+
   private stallTimer: NodeJS.Timeout | undefined;
   private wakeTimer: NodeJS.Timeout | undefined;
   private wakeAt = Infinity;
@@ -192,7 +185,6 @@ class SwarmDownload {
     this.pieceIdleMs = opts.pieceIdleTimeoutMs ?? DEFAULT_PIECE_IDLE_TIMEOUT_MS;
     this.infoTimeoutMs = opts.infoTimeoutMs ?? DEFAULT_INFO_TIMEOUT_MS;
     this.peers = [...new Set(opts.providers)].map(newPeer);
-    this.discoverMs = Math.max(10, opts.discoverMs ?? DEFAULT_DISCOVER_MS);
   }
 
   async run(): Promise<SwarmDownloadResult> {
@@ -221,14 +213,14 @@ class SwarmDownload {
     try {
       for (const peer of this.peers) this.queueInfo(peer);
       this.refreshTimer = setInterval(() => this.refresh(), this.refreshMs);
-      if (this.opts.discover) this.discoverTimer = setInterval(() => this.discover(), this.discoverMs);
+
       this.evaluate();
       return await done;
     } finally {
       signal.removeEventListener('abort', onAbort);
       this.finished = true;
       clearInterval(this.refreshTimer);
-      clearInterval(this.discoverTimer);
+
       clearTimeout(this.stallTimer);
       clearTimeout(this.wakeTimer);
       for (const set of this.requests.values()) for (const req of set) this.cancel(req);
@@ -411,7 +403,7 @@ class SwarmDownload {
     this.evaluate();
   }
 
-  private acceptInfo(peer: Peer, info: { table: PieceTable; have: boolean[] } | 'pending' | undefined): void {
+  private acceptInfo(peer: Peer, info: { table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined): void {
     if (peer.dropped) return;
     if (info === undefined || info === 'pending') {
       peer.bitfield = undefined; // holds nothing of it (yet)
@@ -442,6 +434,7 @@ class SwarmDownload {
       return;
     }
     peer.bitfield = info.have.map((h) => h === true);
+    this.addPeers(info.peers);
   }
 
   /** Re-reads bitfields that may still gain pieces we miss. */
@@ -451,40 +444,39 @@ class SwarmDownload {
     for (const peer of this.peers) {
       if (peer.dropped || peer.infoBusy || now < peer.backoffUntil) continue;
       if (this.table !== undefined && peer.bitfield !== undefined && this.coversMissing(peer.bitfield)) continue;
+      // A peer that still holds pieces nobody has been asked for has work already: asking
+      // what else it has can wait (every ask is a stream each way, and a wave of downloaders
+      // asking each other twice a second cost more CPU than the pieces they traded).
+      if (peer.bitfield !== undefined && this.hasUnrequested(peer.bitfield)) continue;
       this.queueInfo(peer);
     }
     this.evaluate();
   }
 
   /**
-   * Adds providers that appeared since the start: in a rollout every agent starts at the same
-   * moment, when only the origin fetcher holds anything, and the others begin to serve pieces
-   * a moment later. Without this, a whole wave would download from the fetcher alone.
+   * Adds the peers a provider named as also after the blob: in a rollout every agent starts at
+   * the same moment, when only the origin fetcher holds anything, and the others begin to
+   * serve pieces a moment later. Without this, a whole wave would download from the fetcher
+   * alone. Dropped peers stay dropped; a download takes at most MAX_PEERS.
    */
-  private discover(): void {
-    if (this.finished || this.discovering || (this.table !== undefined && this.missing === 0)) return;
-    // Enough sources already: more would only add requests and bookkeeping, not speed.
-    if (this.peers.filter((p) => !p.dropped && p.bitfield !== undefined && this.holdsMissing(p)).length >= ENOUGH_SOURCES) return;
-    this.discovering = true;
-    this.track(async () => {
-      let found: string[] = [];
-      try {
-        found = await untilAborted(this.opts.discover!(this.controller.signal), this.controller.signal);
-      } catch {
-        // a failed lookup finds nobody new; the next one may
-      } finally {
-        this.discovering = false;
-      }
-      if (this.finished) return;
-      const known = new Set(this.peers.map((p) => p.id));
-      for (const id of new Set(found)) {
-        if (known.has(id)) continue;
-        const peer = newPeer(id);
-        this.peers.push(peer);
-        this.queueInfo(peer);
-      }
-      this.evaluate();
-    });
+  private addPeers(ids: readonly string[] | undefined): void {
+    if (ids === undefined) return;
+    const known = new Set(this.peers.map((p) => p.id));
+    for (const id of ids) {
+      if (this.peers.length >= MAX_PEERS) return;
+      if (typeof id !== 'string' || known.has(id)) continue;
+      known.add(id);
+      const peer = newPeer(id);
+      this.peers.push(peer);
+      this.queueInfo(peer);
+    }
+  }
+
+  private hasUnrequested(bits: boolean[]): boolean {
+    for (let i = 0; i < this.have.length; i++) {
+      if (bits[i] === true && !this.have[i] && !this.writing.has(i) && !this.requests.has(i)) return true;
+    }
+    return false;
   }
 
   private coversMissing(bits: boolean[]): boolean {

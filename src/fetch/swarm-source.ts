@@ -46,8 +46,6 @@ export interface SwarmSourceOptions {
   fallback?: RangeSource;
   /** Hashes off the event loop; without it, pieces and the whole blob are hashed inline. */
   hashing?: HashWorker;
-  /** Finds providers that appear during the download (see swarmDownload's `discover`). */
-  discover?: () => Promise<string[]>;
 }
 
 export class SwarmSource implements BlobSource {
@@ -91,7 +89,6 @@ export class SwarmSource implements BlobSource {
         signal,
         // Four pieces in flight per peer keep a single provider's stream busy (measured).
         maxInFlightPerPeer: 4,
-        ...(this.opts.discover && { discover: this.opts.discover }),
         onTable: (table) => {
           partial.table = table;
           partial.have = new Array<boolean>(table.hashes.length).fill(false);

@@ -1,7 +1,9 @@
 import type { Connection, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
 import { decodeBitfield, encodeBitfield, pieceCount, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
+import { peerIdFromString } from '@libp2p/peer-id';
 import { tryParseDigest } from '../oci/digest.js';
+import type { Askers } from './askers.js';
 import { encodeError, readErrorAnswer, Status } from './blob-protocol.js';
 import { DEFAULT_PROTOCOL_PREFIX, protocolIds } from './config.js';
 import { BlobProtocolError } from './errors.js';
@@ -16,6 +18,9 @@ import { resetOnError, sendAll, StreamReader } from './stream-io.js';
  *               0 OK         u32be n | n bytes of UTF-8 JSON piece table {size, pieceSize, hashes}
  *                            | ceil(pieces / 8) bytes of bitfield (the pieces the server holds
  *                              verified, most significant bit first; all set for a whole blob)
+ *                            [| u8 k | k × (u8 n | n bytes of a peer id)]  other peers that asked
+ *                              about the blob lately (peer exchange; absent from older agents,
+ *                              which end the answer after the bitfield)
  *               1 NOT_FOUND  (nothing follows)
  *               3 ERROR      u16be n | n bytes of UTF-8 message
  *
@@ -44,9 +49,14 @@ export type PieceAnswer = PieceInfo | 'pending' | undefined;
 export interface PieceInfo {
   table: PieceTable;
   have: boolean[];
+  /** Other peers that asked about the blob lately: likely downloading it too. */
+  peers?: string[];
 }
 
 const MAX_REQUEST_BYTES = 4096;
+/** Peers named in one answer, and the longest id accepted (base58 ids are ~52 characters). */
+const MAX_EXCHANGED_PEERS = 16;
+const MAX_PEER_ID_BYTES = 128;
 /**
  * Longest table accepted: 1024 hashes of 64 hex characters with quotes and commas are ~68 KiB,
  * plus two numbers. Anything longer is not a valid table.
@@ -69,10 +79,29 @@ export function encodePieceInfo(info: PieceInfo): Uint8Array {
   if (info.have.length !== count) throw new Error(`have lists ${info.have.length} pieces, the table ${count}`);
   const table = encoder.encode(JSON.stringify({ size: info.table.size, pieceSize: info.table.pieceSize, hashes: info.table.hashes }));
   const bits = encodeBitfield((i) => info.have[i] === true, count);
-  const out = new Uint8Array(1 + 4 + table.byteLength + bits.byteLength);
+  const peers = encodePeers(info.peers);
+  const out = new Uint8Array(1 + 4 + table.byteLength + bits.byteLength + peers.byteLength);
   out[0] = Status.OK;
   out.set(withLength32(table), 1);
   out.set(bits, 5 + table.byteLength);
+  out.set(peers, 5 + table.byteLength + bits.byteLength);
+  return out;
+}
+
+function encodePeers(peers: string[] | undefined): Uint8Array {
+  if (peers === undefined) return new Uint8Array(0);
+  const ids = peers
+    .map((p) => encoder.encode(p))
+    .filter((b) => b.byteLength > 0 && b.byteLength <= MAX_PEER_ID_BYTES)
+    .slice(0, MAX_EXCHANGED_PEERS);
+  const out = new Uint8Array(1 + ids.reduce((n, b) => n + 1 + b.byteLength, 0));
+  out[0] = ids.length;
+  let at = 1;
+  for (const id of ids) {
+    out[at++] = id.byteLength;
+    out.set(id, at);
+    at += id.byteLength;
+  }
   return out;
 }
 
@@ -82,6 +111,8 @@ export function encodePieceInfo(info: PieceInfo): Uint8Array {
 export interface PieceServerOptions {
   /** Absent: every request is answered NOT_FOUND. */
   pieces?: LocalPieces;
+  /** Records who asks about what, and names other askers in answers (peer exchange). */
+  askers?: Askers;
   logger: Logger;
 }
 
@@ -105,6 +136,7 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
         await finish(stream, encodeError('invalid request'));
         return;
       }
+      const others = opts.askers?.ask(digest, peer);
       let info: PieceAnswer;
       try {
         info = opts.pieces === undefined ? undefined : await opts.pieces.info(digest);
@@ -123,7 +155,7 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
       }
       let answer: Uint8Array;
       try {
-        answer = encodePieceInfo(info);
+        answer = encodePieceInfo(others === undefined ? info : { ...info, peers: others });
       } catch (err) {
         log.warn({ peer, digest, err }, 'p2p local piece info is inconsistent');
         await finish(stream, encodeError('inconsistent piece info'));
@@ -137,6 +169,23 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
       reader.dispose();
     }
   };
+}
+
+/** The peer-exchange section of an OK answer. */
+async function readPeers(reader: StreamReader, peerId: string, signal: AbortSignal): Promise<string[]> {
+  const count = (await reader.readExactly(1, signal))[0]!;
+  if (count > MAX_EXCHANGED_PEERS) throw new BlobProtocolError(`answer names ${count} peers`, peerId);
+  const peers: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const n = (await reader.readExactly(1, signal))[0]!;
+    const text = decoder.decode(await reader.readExactly(n, signal));
+    try {
+      peers.push(peerIdFromString(text).toString());
+    } catch {
+      throw new BlobProtocolError('answer names an invalid peer id', peerId);
+    }
+  }
+  return peers;
 }
 
 /** The digest of a request, or undefined when it is malformed. */
@@ -197,8 +246,9 @@ export async function requestPieceInfo(
         } catch (err) {
           throw new BlobProtocolError(`bad bitfield: ${(err as Error).message}`, peerId);
         }
+        const peers = (await reader.ended(signal)) ? undefined : await readPeers(reader, peerId, signal);
         reader.dispose();
-        return { table, have };
+        return peers === undefined || peers.length === 0 ? { table, have } : { table, have, peers };
       }
       case Status.NOT_FOUND:
         reader.dispose();

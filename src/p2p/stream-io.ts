@@ -40,6 +40,17 @@ export class StreamReader {
     this.buffered = 0;
   }
 
+  /** True once the stream has ended with nothing left to read; false as soon as a byte is there. */
+  async ended(signal?: AbortSignal): Promise<boolean> {
+    for (;;) {
+      signal?.throwIfAborted();
+      if (this.buffered > 0) return false;
+      if (this.failure !== undefined) throw this.failure;
+      if (this.eof) return true;
+      await this.waitForData(signal);
+    }
+  }
+
   /** The next n bytes; throws BlobProtocolError if the stream ends first. */
   async readExactly(n: number, signal?: AbortSignal): Promise<Uint8Array> {
     for (;;) {

@@ -160,6 +160,15 @@ describe('pieces protocol between two P2PNodes on loopback', () => {
     await expect(b.pieceInfo(a.peerId, digest, { signal: AbortSignal.abort() })).rejects.toThrow();
   });
 
+  it('names the other peers that asked about the blob lately (peer exchange)', async () => {
+    const asked = digestOf(Buffer.from('asked by two'));
+    piecesA.entries.set(asked, { table, have: [true, true, true] });
+    await c.dial(a.multiaddrs()[0]!);
+    expect(await b.pieceInfo(a.peerId, asked)).toEqual({ table, have: [true, true, true] }); // first asker
+    expect(await c.pieceInfo(a.peerId, asked)).toEqual({ table, have: [true, true, true], peers: [b.peerId] });
+    expect(await b.pieceInfo(a.peerId, asked)).toEqual({ table, have: [true, true, true], peers: [c.peerId] });
+  });
+
   describe('a lying peer', () => {
     const protocol = pieceProtocolId('/shoal-test');
     /** Replaces C's pieces handler with one that reads the request and answers `answer`. */
@@ -213,6 +222,22 @@ describe('pieces protocol between two P2PNodes on loopback', () => {
     it('is refused on an unknown status', async () => {
       await answerWith(Uint8Array.of(9));
       await expect(b.pieceInfo(c.peerId, digest)).rejects.toThrow(/unknown status 9/);
+    });
+
+    function peersSection(ids: string[]): Buffer {
+      return Buffer.concat([Buffer.of(ids.length), ...ids.map((id) => Buffer.concat([Buffer.of(Buffer.byteLength(id)), Buffer.from(id)]))]);
+    }
+
+    it('decodes the peers an answer names', async () => {
+      await answerWith(Buffer.concat([ok(table, encodeBitfield(() => true, 3)), peersSection([a.peerId, b.peerId])]));
+      expect(await b.pieceInfo(c.peerId, digest)).toEqual({ table, have: [true, true, true], peers: [a.peerId, b.peerId] });
+    });
+
+    it('is refused when it names an invalid peer id, or too many peers', async () => {
+      await answerWith(Buffer.concat([ok(table, encodeBitfield(() => true, 3)), peersSection(['not a peer id'])]));
+      await expect(b.pieceInfo(c.peerId, digest)).rejects.toThrow(/invalid peer id/);
+      await answerWith(Buffer.concat([ok(table, encodeBitfield(() => true, 3)), Buffer.of(200)]));
+      await expect(b.pieceInfo(c.peerId, digest)).rejects.toThrow(/names 200 peers/);
     });
 
     it('a valid answer from a raw handler decodes (the format is as documented)', async () => {
