@@ -98,6 +98,10 @@ export class P2PNode implements BenchDialer {
   /** Digests provided locally; those not yet announced to any DHT peer wait in `unannounced`. */
   private readonly provided = new Set<string>();
   private readonly unannounced = new Set<string>();
+  /** Digests whose provider record reached a DHT peer (the DHT re-provides them from then on). */
+  private readonly announced = new Set<string>();
+  /** Announcements in flight, so that providing a digest twice at once announces it once. */
+  private readonly announcing = new Map<string, Promise<void>>();
   private announceTimer: NodeJS.Timeout | undefined;
   private retryDelay = ANNOUNCE_DEBOUNCE_MS;
   private stopping = false;
@@ -251,7 +255,15 @@ export class P2PNode implements BenchDialer {
   async provide(digest: string): Promise<void> {
     const cid = cidForDigest(digest);
     this.provided.add(digest);
-    await this.announce(digest, cid);
+    // A blob is provided when its download starts, at its first piece and at its commit: one
+    // announcement (a DHT walk and a message to each of the closest peers) is enough.
+    if (this.announced.has(digest)) return;
+    let pending = this.announcing.get(digest);
+    if (pending === undefined) {
+      pending = this.announce(digest, cid).finally(() => this.announcing.delete(digest));
+      this.announcing.set(digest, pending);
+    }
+    await pending;
   }
 
   /** Whether this node advertises `digest` now. */
@@ -263,6 +275,7 @@ export class P2PNode implements BenchDialer {
   async unprovide(digest: string): Promise<void> {
     this.provided.delete(digest);
     this.unannounced.delete(digest);
+    this.announced.delete(digest);
     try {
       await this.libp2p.contentRouting.cancelReprovide(cidForDigest(digest));
     } catch (err) {
@@ -443,6 +456,7 @@ export class P2PNode implements BenchDialer {
       await this.libp2p.contentRouting.cancelReprovide(cid).catch(() => {});
     } else if (reached > 0) {
       this.unannounced.delete(digest);
+      this.announced.add(digest);
     } else {
       this.unannounced.add(digest);
       if (reschedule) this.scheduleAnnounce(this.retryDelay);

@@ -233,6 +233,28 @@ describe('P2PNode on loopback', () => {
     await until('upload released', () => a.activeUploads() === 0);
   });
 
+  it('announces a digest provided several times once, and again after an unprovide', async () => {
+    const d = fakeDigest('provided thrice');
+    const dht = b.libp2p.services.dht;
+    const original = dht.provide.bind(dht);
+    let walks = 0;
+    dht.provide = (...args: Parameters<typeof dht.provide>) => {
+      walks++;
+      return original(...args);
+    };
+    try {
+      await Promise.all([b.provide(d), b.provide(d)]); // download start and first piece, at once
+      await b.provide(d); // commit
+      expect(walks).toBe(1);
+      expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
+      await b.unprovide(d);
+      await b.provide(d);
+      expect(walks).toBe(2);
+    } finally {
+      dht.provide = original;
+    }
+  });
+
   it('unprovide stops this node from advertising', async () => {
     const d = fakeDigest('evicted');
     blobsB.set(d, Buffer.from('x'));
