@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { makeTempDir, removeTempDir } from '../test/helpers/tmp.js';
 import { AgentProcess } from './agent-process.js';
 import { canShape, shapedNamespace } from './uplink.js';
-import { cpuSeconds, median, MiB } from './lib.js';
+import { cpuSeconds, median, MiB, rss } from './lib.js';
 
 const { values } = parseArgs({
   options: {
@@ -103,12 +103,14 @@ try {
     const shoalEgress = origin.blobBytes();
     // Where the time goes on a small machine: the agents' CPU while the fleet pulled.
     const cpu = (await Promise.all(fleet.map((a) => cpuSeconds(a.process.pid)))).map((x, i) => x - cpuBefore[i]!);
+    const peakRss = Math.max(...(await Promise.all(fleet.map(async (a) => (await rss(a.process.pid)).peak))));
     await Promise.all(fleet.map((a) => a.process.stop()));
     rows.push({ naive, shoal, naiveEgress: naiveEgress / naiveImage.blobBytes, shoalEgress: shoalEgress / shoalImage.blobBytes, image: shoalImage.blobBytes });
     console.log(
       `run ${run + 1}: naive ${naive.toFixed(1)} s (egress ${(naiveEgress / MiB).toFixed(0)} MiB), ` +
         `shoal ${shoal.toFixed(1)} s (egress ${(shoalEgress / MiB).toFixed(0)} MiB); ` +
-        `agents' CPU meanwhile ${cpu.reduce((a, b) => a + b, 0).toFixed(1)} s (${cpu.map((x) => x.toFixed(1)).join(', ')})`,
+        `agents' CPU meanwhile ${cpu.reduce((a, b) => a + b, 0).toFixed(1)} s (${cpu.map((x) => x.toFixed(1)).join(', ')}); ` +
+        `largest agent RSS high-water mark ${peakRss.toFixed(0)} MiB`,
     );
   }
   const image = rows[0]!.image;

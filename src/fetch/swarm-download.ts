@@ -49,7 +49,7 @@ export interface SwarmDownloadOptions {
   have?: boolean[];
   /** Default 2. */
   maxInFlightPerPeer?: number;
-  /** Requests in flight over all peers; default 64 MiB worth of pieces (at least 2). */
+  /** Requests in flight over all peers; default 32 MiB worth of pieces (at least 2). */
   maxInFlight?: number;
   /** Re-ask providers' bitfields this often (they are downloading too); default 500 ms. */
   refreshMs?: number;
@@ -86,7 +86,7 @@ export interface SwarmDownloadResult {
 }
 
 const DEFAULT_MAX_IN_FLIGHT_PER_PEER = 2;
-const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
+const MAX_BUFFERED_BYTES = 32 * 1024 * 1024;
 const DEFAULT_REFRESH_MS = 500;
 /** Peers one download asks at most (those it started with, and those it was told of). */
 const MAX_PEERS = 32;

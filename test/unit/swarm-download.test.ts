@@ -250,6 +250,18 @@ describe('swarmDownload', () => {
     expect(await fileDigest()).toBe(digest);
   });
 
+  it('holds at most 32 MiB of pieces in flight by default', async () => {
+    const swarm = new FakeSwarm({
+      a: { have: all(), chunkDelayMs: 1 },
+      b: { have: all(), chunkDelayMs: 1 },
+      c: { have: all(), chunkDelayMs: 1 },
+    });
+    const { promise } = run(swarm, { maxInFlightPerPeer: 8 });
+    expect((await promise).complete).toBe(true);
+    expect(swarm.maxTotal).toBe((32 * MIB) / table.pieceSize); // 8 of the 11 pieces at once
+    expect(await fileDigest()).toBe(digest);
+  });
+
   it('takes the rarest piece first, from the one peer that has it', async () => {
     const withoutSeven = (): Set<number> => new Set([...all()].filter((i) => i !== 7));
     const swarm = new FakeSwarm({
