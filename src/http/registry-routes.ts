@@ -1,6 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Metrics } from '../metrics.js';
+import { tryParseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
+import { INDEX_MEDIA_TYPES } from '../oci/media-types.js';
 import type { BlobFetcher } from '../fetch/blob-fetcher.js';
 import type { ManifestService } from '../fetch/manifests.js';
 import type { BlobStore } from '../store/blob-store.js';
@@ -78,7 +80,35 @@ async function serveManifest(
     .header('ETag', `"${manifest.digest}"`);
   if (manifest.stale) reply.header('Warning', '110 shoal "origin unreachable: tag answered from cache"');
   if (request.method === 'HEAD') return reply.send();
+  prefetchConfig(manifest, target, String(request.id), deps);
   return reply.send(manifest.bytes);
+}
+
+/**
+ * Starts fetching an image manifest's config blob as the manifest is served. Clients ask for
+ * the config after the layers (skopeo) or just before them, and always need it: starting it
+ * now takes a whole fetch (and, in a rollout, a round of fetcher election) off the end of the
+ * pull. It is small, so this costs nothing when the client already has it. Layers are not
+ * prefetched: a client may hold most of them already.
+ */
+function prefetchConfig(
+  manifest: { mediaType: string; bytes: Buffer },
+  target: { registry: string; repository: string },
+  requestId: string,
+  deps: RegistryDeps,
+): void {
+  if (INDEX_MEDIA_TYPES.has(manifest.mediaType)) return;
+  let digest: Digest | undefined;
+  try {
+    const config = (JSON.parse(manifest.bytes.toString('utf8')) as { config?: { digest?: unknown } }).config;
+    digest = typeof config?.digest === 'string' ? tryParseDigest(config.digest) : undefined;
+  } catch {
+    return; // not JSON: nothing to prefetch (the client gets the bytes as they are)
+  }
+  if (digest === undefined) return;
+  deps.blobs.ensure({ registry: target.registry, repository: target.repository, digest, requestId }).catch(() => {
+    // the client's own request for it will report what went wrong
+  });
 }
 
 async function serveBlob(

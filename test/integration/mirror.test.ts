@@ -7,6 +7,7 @@ import { startAgent, type TestAgent } from '../helpers/agent.js';
 import { startCountingProxy, type CountingProxy } from '../helpers/counting-proxy.js';
 import { makeImage, makeIndex, pushImage, pushIndex, type PushedImage, type PushedIndex } from '../helpers/images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
+import { sleep } from '../helpers/proc.js';
 import { skopeoPull } from '../helpers/skopeo.js';
 
 // A real docker-registry as the origin, behind a proxy that counts what the origin serves;
@@ -100,6 +101,35 @@ describe('pull-through mirror', () => {
     expect(Buffer.from(await docker.arrayBuffer()).equals(v2s2.manifestRaw)).toBe(true);
     const byDigest = await fetch(`${agent.url}/v2/team/app/manifests/${image.manifestDigest}`);
     expect(Buffer.from(await byDigest.arrayBuffer()).equals(image.manifestRaw)).toBe(true);
+  });
+
+  it('starts fetching an image’s config when its manifest is served, not on a HEAD', async () => {
+    const local = await makeImage({ layers: [256 * 1024] });
+    const fresh = await pushImage(local, registry, 'team/prefetch:v1');
+    await local.remove();
+    const other = await makeImage({ layers: [128 * 1024] });
+    const headOnly = await pushImage(other, registry, 'team/prefetch-head:v1');
+    await other.remove();
+    expect(headOnly.configDigest).not.toBe(fresh.configDigest);
+    const configOf = (img: PushedImage) => parseDigest(img.configDigest);
+    expect(await agent.agent.store.get(configOf(headOnly))).toBeUndefined();
+    expect((await fetch(`${agent.url}/v2/team/prefetch-head/manifests/v1`, { method: 'HEAD' })).status).toBe(200);
+
+    origin.reset();
+    const res = await fetch(`${agent.url}/v2/team/prefetch/manifests/v1`);
+    expect(Buffer.from(await res.arrayBuffer()).equals(fresh.manifestRaw)).toBe(true);
+    // Nobody asked for the config, yet it arrives, from the origin once.
+    for (let i = 0; i < 100 && !(await agent.agent.store.get(configOf(fresh))); i++) await sleep(50);
+    expect(await agent.agent.store.get(configOf(fresh))).toBeDefined();
+    const configGets = () => origin.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${fresh.configDigest}`)).length;
+    expect(configGets()).toBe(1);
+    const config = await fetch(`${agent.url}/v2/team/prefetch/blobs/${fresh.configDigest}`);
+    expect(config.status).toBe(200);
+    await config.arrayBuffer();
+    expect(configGets()).toBe(1);
+    // The layers were not prefetched, and a HEAD prefetched nothing.
+    expect(await agent.agent.store.get(parseDigest(fresh.layerDigests[0]!))).toBeUndefined();
+    expect(await agent.agent.store.get(configOf(headOnly))).toBeUndefined();
   });
 
   it('serves an index and one platform of it', async () => {
