@@ -25,8 +25,19 @@ export class AgentProcess {
       child.once('message', () => ok());
       child.once('exit', (code) => fail(new Error(`bench agent exited with ${code}`)));
     });
-    return new AgentProcess(child);
+    const agent = new AgentProcess(child);
+    child.once('exit', (code, signal) => {
+      agent.exited = true;
+      // An agent that dies mid-run is a finding, not noise: say so where the figures go.
+      if (!agent.stopping) console.error(`bench agent ${child.pid} exited (code ${code}, signal ${signal}) before it was stopped`);
+      for (const waiter of agent.pending.values()) waiter.reject(new Error(`bench agent ${child.pid} exited`));
+      agent.pending.clear();
+    });
+    return agent;
   }
+
+  private exited = false;
+  private stopping = false;
 
   get pid(): number {
     return this.child.pid!;
@@ -41,6 +52,8 @@ export class AgentProcess {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.exited) return;
     const exited = new Promise((r) => this.child.once('exit', r));
     await this.call({ cmd: 'stop' }).catch(() => undefined);
     await exited;

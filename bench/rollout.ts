@@ -96,15 +96,23 @@ try {
 
     throttle(false);
     const fleet = await startFleet(n, run);
-    throttle(true);
-    origin.reset();
-    const cpuBefore = await Promise.all(fleet.map((a) => cpuSeconds(a.process.pid)));
-    const shoal = await pullAll(fleet.map((a) => a.host), `bench/shoal${run}:v1`);
-    const shoalEgress = origin.blobBytes();
-    // Where the time goes on a small machine: the agents' CPU while the fleet pulled.
-    const cpu = (await Promise.all(fleet.map((a) => cpuSeconds(a.process.pid)))).map((x, i) => x - cpuBefore[i]!);
-    const peakRss = Math.max(...(await Promise.all(fleet.map(async (a) => (await rss(a.process.pid)).peak))));
-    await Promise.all(fleet.map((a) => a.process.stop()));
+    let shoal: number;
+    let shoalEgress: number;
+    let cpu: number[];
+    let peakRss: number;
+    try {
+      throttle(true);
+      origin.reset();
+      const cpuBefore = await Promise.all(fleet.map((a) => cpuSeconds(a.process.pid)));
+      shoal = await pullAll(fleet.map((a) => a.host), `bench/shoal${run}:v1`);
+      shoalEgress = origin.blobBytes();
+      // Where the time goes on a small machine: the agents' CPU while the fleet pulled.
+      cpu = (await Promise.all(fleet.map((a) => cpuSeconds(a.process.pid)))).map((x, i) => x - cpuBefore[i]!);
+      peakRss = Math.max(...(await Promise.all(fleet.map(async (a) => (await rss(a.process.pid)).peak))));
+    } finally {
+      // Also when a pull failed: no agent process may outlive the bench.
+      await Promise.all(fleet.map((a) => a.process.stop()));
+    }
     rows.push({ naive, shoal, naiveEgress: naiveEgress / naiveImage.blobBytes, shoalEgress: shoalEgress / shoalImage.blobBytes, image: shoalImage.blobBytes });
     console.log(
       `run ${run + 1}: naive ${naive.toFixed(1)} s (egress ${(naiveEgress / MiB).toFixed(0)} MiB), ` +
