@@ -55,6 +55,9 @@ async function slowProviderAndJoiner(repo: string, layers: number[]) {
   await waitForPeers(b, 1);
   // B learns the layer is its to read from the manifest.
   expect((await fetch(`${b.url}/v2/${repo}/manifests/v1`)).status).toBe(200);
+  // Serving the manifest started fetching its config: let that settle before bytes are counted.
+  for (let i = 0; i < 200 && !(await b.agent.store.get(parseDigest(image.configDigest))); i++) await sleep(25);
+  expect(await b.agent.store.get(parseDigest(image.configDigest))).toBeDefined();
   return { image, provider, b };
 }
 
