@@ -58,7 +58,14 @@ describe('containerd pulling through the agent', () => {
   it('pulls an image through the agent, which fetched every blob from the origin once', async () => {
     origin.reset();
     const pull = await containerd.pull(`${origin.host}/team/app:v1`, { hostsDir, namespace: 'first' });
-    expect(pull.stderr).not.toMatch(/error|failed/i);
+    // ctr's progress display logs "active check failed … context canceled" when the pull ends
+    // while it polls the content store (a race in ctr itself, seen more often now that the
+    // config is already there); any other error line is a failure.
+    const stderr = pull.stderr
+      .split('\n')
+      .filter((line) => !/msg="active check failed" error="context canceled"/.test(line))
+      .join('\n');
+    expect(stderr).not.toMatch(/error|failed/i);
     expect(pull.code).toBe(0);
     for (const digest of [image.configDigest, ...image.layerDigests]) {
       expect(existsSync(join(agent.dir, 'store', 'blobs', 'sha256', digest.slice('sha256:'.length)))).toBe(true);
