@@ -55,26 +55,18 @@ export class SwarmSource implements BlobSource {
   readonly countsOwnBytes = true;
   /** Peers whose pieces went into the last assembly. */
   private contributors = new Set<string>();
-  private readonly providers: string[];
-  private readonly pieces: PieceSource;
-  private readonly partials: Partials;
-  private readonly events: SwarmSourceEvents;
-  private readonly logger: Logger;
-  private readonly fallback: RangeSource | undefined;
-
   constructor(private readonly opts: SwarmSourceOptions) {
-    ({ providers: this.providers, pieces: this.pieces, partials: this.partials, events: this.events, logger: this.logger, fallback: this.fallback } = opts);
-    this.name = `swarm(${this.providers.length})`;
+    this.name = `swarm(${opts.providers.length})`;
   }
 
   penalise(_request: BlobRequest, reason: string): void {
-    for (const peer of this.contributors) this.events.penalised(peer, reason);
+    for (const peer of this.contributors) this.opts.events.penalised(peer, reason);
   }
 
   async open(request: BlobRequest, offset: number, signal: AbortSignal): Promise<SourceBody | undefined> {
     const digest = request.digest.value;
     this.contributors = new Set();
-    const partial = await this.partials.start(digest);
+    const partial = await this.opts.partials.start(digest);
     let handedOver = false;
     const started = performance.now();
     const flush = new FlushBehind(partial.file);
@@ -83,8 +75,8 @@ export class SwarmSource implements BlobSource {
       let announced = false;
       const result = await swarmDownload({
         digest,
-        providers: this.providers,
-        source: this.pieces,
+        providers: this.opts.providers,
+        source: this.opts.pieces,
         file: partial.file,
         signal,
         // Four pieces in flight per peer keep a single provider's stream busy (measured).
@@ -100,21 +92,21 @@ export class SwarmSource implements BlobSource {
           hashing?.written(index);
           flush.wrote(bytes);
           this.contributors.add(peerId);
-          this.events.piece(peerId, bytes);
-          this.events.bytes('peer', bytes);
+          this.opts.events.piece(peerId, bytes);
+          this.opts.events.bytes('peer', bytes);
           if (!announced) {
             announced = true;
-            this.events.firstPiece(digest);
+            this.opts.events.firstPiece(digest);
           }
         },
-        onBadPeer: (peerId, reason) => this.events.badPeer(peerId, reason),
-        onPeerFailed: (peerId, error) => this.events.peerFailed(peerId, error),
+        onBadPeer: (peerId, reason) => this.opts.events.badPeer(peerId, reason),
+        onPeerFailed: (peerId, error) => this.opts.events.peerFailed(peerId, error),
       });
       if (!result.table) return undefined;
       partial.table = result.table;
       partial.have = result.have;
-      if (result.complete) this.events.transferred((performance.now() - started) / 1000);
-      else if (this.fallback) await this.fillFromOrigin(request, partial, signal, hashing);
+      if (result.complete) this.opts.events.transferred((performance.now() - started) / 1000);
+      else if (this.opts.fallback) await this.fillFromOrigin(request, partial, signal, hashing);
       const available = partial.have.every(Boolean) ? result.table.size : Partials.prefix(partial);
       if (available <= offset) {
         throw new Error(`the swarm delivered ${available} contiguous bytes of ${result.table.size}`);
@@ -133,7 +125,7 @@ export class SwarmSource implements BlobSource {
             path: partial.path,
             ...(digestHex === undefined ? {} : { hashed: `${request.digest.algorithm}:${digestHex}` }),
             pieceTable: result.table,
-            release: () => this.partials.finish(partial),
+            release: () => this.opts.partials.finish(partial),
           },
         };
       }
@@ -143,13 +135,13 @@ export class SwarmSource implements BlobSource {
       handedOver = true;
       // Only a prefix: the orchestrator streams it into its writer and resumes after it.
       const body = createReadStream(partial.path, { start: offset, end: available - 1 });
-      body.once('close', () => void this.partials.finish(partial));
+      body.once('close', () => void this.opts.partials.finish(partial));
       return { size: result.table.size, body };
     } finally {
       if (!handedOver) {
         hashing?.close();
         await flush.settle();
-        await this.partials.finish(partial);
+        await this.opts.partials.finish(partial);
       }
     }
   }
@@ -161,10 +153,10 @@ export class SwarmSource implements BlobSource {
   private async fillFromOrigin(request: BlobRequest, partial: Partial, signal: AbortSignal, hashing: HashSession | undefined): Promise<void> {
     const table = partial.table!;
     const missing = partial.have.flatMap((held, index) => (held ? [] : [index]));
-    this.logger.info({ digest: partial.digest, pieces: missing.length }, 'swarm stalled: missing pieces come from the origin');
+    this.opts.logger.info({ digest: partial.digest, pieces: missing.length }, 'swarm stalled: missing pieces come from the origin');
     for (const index of missing) {
       const { start, end } = pieceRange(table, index);
-      const bytes = await this.fallback!.readRange(request, start, end - start, signal);
+      const bytes = await this.opts.fallback!.readRange(request, start, end - start, signal);
       if (createHash('sha256').update(bytes).digest('hex') !== table.hashes[index]) {
         // The origin is the authority: a table its bytes contradict came from a liar.
         throw new Error(`piece ${index} from the origin does not match the swarm's piece table`);
@@ -172,7 +164,7 @@ export class SwarmSource implements BlobSource {
       await partial.file.write(bytes, 0, bytes.length, start);
       partial.have[index] = true;
       hashing?.written(index);
-      this.events.bytes('origin', bytes.length);
+      this.opts.events.bytes('origin', bytes.length);
     }
   }
 }
