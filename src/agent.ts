@@ -9,6 +9,7 @@ import { Grants } from './fetch/grants.js';
 import { ManifestService } from './fetch/manifests.js';
 import { OriginSource } from './fetch/origin-source.js';
 import { HashWorker } from './fetch/hash-worker.js';
+import { PieceNews } from './fetch/piece-news.js';
 import { Partials } from './fetch/partials.js';
 import { PeerPlanner } from './fetch/peer-planner.js';
 import { PieceTables } from './fetch/piece-tables.js';
@@ -85,7 +86,9 @@ export class Agent {
         config.upstreams.maxRate === undefined ? undefined : new TokenBucket(config.upstreams.maxRate),
       );
       let planner: SourcePlanner = fixedPlan([origin]);
-      const partials = new Partials(join(config.storage.dir, 'tmp'));
+      // Peers' long polls on the pieces protocol wait for news of a digest here.
+      const news = new PieceNews();
+      const partials = new Partials(join(config.storage.dir, 'tmp'), news);
       const pieceTables = new PieceTables(store);
       /** Digests this agent is fetching from the origin now: it answers PENDING for them. */
       const fromOrigin = new Set<string>();
@@ -150,6 +153,7 @@ export class Agent {
               if (partial?.table && partial.have.some(Boolean)) return { table: partial.table, have: [...partial.have] };
               return partial || fromOrigin.has(digest) ? 'pending' : undefined;
             },
+            changed: (digest, signal) => news.next(digest, signal),
           },
         });
         const node = p2p;
@@ -210,10 +214,17 @@ export class Agent {
         // this one instead of going to the origin too.
         originStarted: (digest) => {
           fromOrigin.add(digest);
+          news.notify(digest);
           void p2p?.provide(digest);
         },
-        finished: (digest) => fromOrigin.delete(digest),
-        committed: (digest) => void p2p?.provide(digest),
+        finished: (digest) => {
+          fromOrigin.delete(digest);
+          news.notify(digest);
+        },
+        committed: (digest) => {
+          news.notify(digest);
+          void p2p?.provide(digest);
+        },
       }, { pieceTables: p2p !== undefined });
       blobsRef.current = blobs;
       const manifests = new ManifestService({

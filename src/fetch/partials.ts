@@ -3,6 +3,7 @@ import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import type { PieceNews } from './piece-news.js';
 import { pieceRange, type PieceTable } from './piece-table.js';
 
 /** Read size for serving pieces: the blob protocol sends 1 MiB batches. */
@@ -24,7 +25,11 @@ export interface Partial {
 export class Partials {
   private readonly byDigest = new Map<string, Partial>();
 
-  constructor(private readonly tmpDir: string) {}
+  /** `news` hears of every change, for peers waiting on one (long polls). */
+  constructor(
+    private readonly tmpDir: string,
+    private readonly news?: PieceNews,
+  ) {}
 
   async start(digest: string): Promise<Partial> {
     if (this.byDigest.has(digest)) throw new Error(`${digest} is already being assembled`);
@@ -32,6 +37,7 @@ export class Partials {
     const file = await open(path, 'w+', 0o644);
     const partial: Partial = { digest, path, file, have: [] };
     this.byDigest.set(digest, partial);
+    this.news?.notify(digest);
     return partial;
   }
 
@@ -43,8 +49,15 @@ export class Partials {
     return this.byDigest.get(digest);
   }
 
+  /** Records a verified piece: from now on peers may read it. */
+  markHave(partial: Partial, index: number): void {
+    partial.have[index] = true;
+    this.news?.notify(partial.digest);
+  }
+
   async finish(partial: Partial): Promise<void> {
     if (this.byDigest.get(partial.digest) === partial) this.byDigest.delete(partial.digest);
+    this.news?.notify(partial.digest);
     await partial.file.close().catch(() => undefined);
     await rm(partial.path, { force: true });
   }

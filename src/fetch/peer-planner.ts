@@ -17,7 +17,7 @@ const MAX_POLL_MS = 1_000;
 /** The part of the libp2p node a download needs. */
 export interface Swarm {
   findProviders(digest: string, opts: { timeoutMs: number; max?: number }): Promise<string[]>;
-  pieceInfo(peerId: string, digest: string, opts?: { signal?: AbortSignal }): Promise<{ table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined>;
+  pieceInfo(peerId: string, digest: string, opts?: { signal?: AbortSignal; wait?: { known: number; waitMs: number } }): Promise<{ table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined>;
   openBlob(
     peerId: string,
     digest: string,
@@ -68,8 +68,8 @@ export class PeerPlanner implements SourcePlanner {
   constructor(private readonly opts: PeerPlannerOptions) {
     const { swarm } = opts;
     this.pieces = {
-      pieceInfo: async (peer, digest, signal) => {
-        const answer = await swarm.pieceInfo(peer, digest, { signal });
+      pieceInfo: async (peer, digest, signal, wait) => {
+        const answer = await swarm.pieceInfo(peer, digest, { signal, ...(wait && { wait }) });
         if (typeof answer !== 'object' || answer.peers === undefined) return answer;
         // Peers another agent named join a download only if they are of this zone (and not
         // penalised): a blob should cross between zones once, through the zone's fetcher.

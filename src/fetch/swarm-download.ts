@@ -31,8 +31,10 @@ export interface PieceSource {
   /**
    * 'pending': the peer is fetching the blob and has no verified piece yet (treated as none
    * held). `peers`: others the peer knows to be after the blob too; they join the download.
+   * With `wait`, the peer may hold its answer until it has more than `wait.known` verified
+   * pieces, for up to `wait.waitMs` (a long poll; a peer may also answer at once).
    */
-  pieceInfo(peerId: string, digest: string, signal: AbortSignal): Promise<{ table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined>;
+  pieceInfo(peerId: string, digest: string, signal: AbortSignal, wait?: { known: number; waitMs: number }): Promise<{ table: PieceTable; have: boolean[]; peers?: string[] } | 'pending' | undefined>;
   openRange(peerId: string, digest: string, offset: number, length: number, signal: AbortSignal): Promise<Readable | undefined>;
 }
 
@@ -53,6 +55,11 @@ export interface SwarmDownloadOptions {
   maxInFlight?: number;
   /** Re-ask providers' bitfields this often (they are downloading too); default 500 ms. */
   refreshMs?: number;
+  /**
+   * A provider with nothing more for us is asked to answer once it has (a long poll) within
+   * this long; default 2 s. 0: ask and answer at once.
+   */
+  pollWaitMs?: number;
   /** A piece request that receives no bytes for this long fails; default 10 s. */
   pieceIdleTimeoutMs?: number;
   /** A pieceInfo call that takes longer fails; default 5 s. */
@@ -88,6 +95,7 @@ export interface SwarmDownloadResult {
 const DEFAULT_MAX_IN_FLIGHT_PER_PEER = 2;
 const MAX_BUFFERED_BYTES = 32 * 1024 * 1024;
 const DEFAULT_REFRESH_MS = 500;
+const DEFAULT_POLL_WAIT_MS = 2000;
 /** Peers one download asks at most (those it started with, and those it was told of). */
 const MAX_PEERS = 32;
 const DEFAULT_STALL_MS = 3000;
@@ -381,18 +389,32 @@ class SwarmDownload {
     }
   }
 
-  private async askInfo(peer: Peer): Promise<void> {
+  /**
+   * Asks a provider with nothing more for us to answer when it has more: one request per change
+   * instead of one per refresh (every ask costs a stream each way), and news arrives at once.
+   * Long polls do not take the concurrency slots meant for first asks.
+   */
+  private poll(peer: Peer): void {
+    if (peer.infoBusy || peer.dropped || this.finished) return;
+    const waitMs = this.opts.pollWaitMs ?? DEFAULT_POLL_WAIT_MS;
+    if (waitMs <= 0) return this.queueInfo(peer);
+    peer.infoBusy = true;
+    const known = peer.bitfield?.filter(Boolean).length ?? 0;
+    this.track(() => this.askInfo(peer, { known, waitMs }));
+  }
+
+  private async askInfo(peer: Peer, wait?: { known: number; waitMs: number }): Promise<void> {
     let info: Awaited<ReturnType<PieceSource['pieceInfo']>>;
     let error: unknown;
     let failed = false;
-    const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(this.infoTimeoutMs)]);
+    const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(this.infoTimeoutMs + (wait?.waitMs ?? 0))]);
     try {
-      info = await untilAborted(this.opts.source.pieceInfo(peer.id, this.opts.digest, signal), signal);
+      info = await untilAborted(this.opts.source.pieceInfo(peer.id, this.opts.digest, signal, wait), signal);
     } catch (err) {
       failed = true;
       error = err;
     } finally {
-      this.infoActive--;
+      if (wait === undefined) this.infoActive--;
       peer.infoBusy = false;
       peer.answered = true;
     }
@@ -448,7 +470,7 @@ class SwarmDownload {
       // what else it has can wait (every ask is a stream each way, and a wave of downloaders
       // asking each other twice a second cost more CPU than the pieces they traded).
       if (peer.bitfield !== undefined && this.hasUnrequested(peer.bitfield)) continue;
-      this.queueInfo(peer);
+      this.poll(peer);
     }
     this.evaluate();
   }

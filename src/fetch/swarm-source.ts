@@ -88,7 +88,7 @@ export class SwarmSource implements BlobSource {
         },
         ...(this.opts.hashing && { verifyPiece: (index, bytes, expected) => hashing!.verifyPiece(index, bytes, expected) }),
         onPiece: (index, bytes, peerId) => {
-          partial.have[index] = true;
+          this.opts.partials.markHave(partial, index);
           hashing?.written(index);
           flush.wrote(bytes);
           this.contributors.add(peerId);
@@ -162,7 +162,7 @@ export class SwarmSource implements BlobSource {
         throw new Error(`piece ${index} from the origin does not match the swarm's piece table`);
       }
       await partial.file.write(bytes, 0, bytes.length, start);
-      partial.have[index] = true;
+      this.opts.partials.markHave(partial, index);
       hashing?.written(index);
       this.opts.events.bytes('origin', bytes.length);
     }

@@ -18,7 +18,7 @@ import { cidForDigest } from './cid.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import type { Registry } from 'prom-client';
 import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, type LocalFetches } from './fetch-protocol.js';
-import { pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
+import { MAX_WAIT_MS, pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer, type PieceWait } from './piece-protocol.js';
 import {
   DEFAULT_BOOTSTRAP_INTERVAL_MS,
   DEFAULT_MAX_UPLOADS,
@@ -34,7 +34,7 @@ import { readSwarmKey } from './psk.js';
 import { agentVersion, zoneFromAgentVersion } from './zone.js';
 
 export type { LocalBlobs, OpenedBlob } from './blob-protocol.js';
-export type { LocalPieces, PieceInfo } from './piece-protocol.js';
+export type { LocalPieces, PieceInfo, PieceWait } from './piece-protocol.js';
 
 /*
  * Settings, and why:
@@ -343,12 +343,18 @@ export class P2PNode implements BenchDialer {
    * `digest`'s piece table at `peerId` and the pieces it holds verified. Resolves undefined when
    * the peer holds none of it; throws BlobProtocolError on a bad answer (an invalid table
    * included) and libp2p's errors when the peer cannot be reached. The table is the peer's claim:
-   * check pieces against it and the whole blob against its digest.
+   * check pieces against it and the whole blob against its digest. With `wait`, the peer answers
+   * once it holds more than `wait.known` pieces or after `wait.waitMs` (a long poll).
    */
-  async pieceInfo(peerId: string, digest: string, opts: { signal?: AbortSignal } = {}): Promise<PieceAnswer> {
+  async pieceInfo(peerId: string, digest: string, opts: { signal?: AbortSignal; wait?: PieceWait } = {}): Promise<PieceAnswer> {
     cidForDigest(digest); // validates the digest
     const stream = await this.openStream(peerId, this.pieceProtocol, opts.signal);
-    return requestPieceInfo(stream, peerId, digest, { ...(opts.signal === undefined ? {} : { signal: opts.signal }), timeoutMs: RESPONSE_TIMEOUT_MS });
+    return requestPieceInfo(stream, peerId, digest, {
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+      ...(opts.wait === undefined ? {} : { wait: opts.wait }),
+      // A long poll may be held up to MAX_WAIT_MS before the answer starts.
+      timeoutMs: RESPONSE_TIMEOUT_MS + (opts.wait === undefined ? 0 : MAX_WAIT_MS),
+    });
   }
 
   /** Asks `peerId` to fetch a blob from the origin; true when it is fetching (or holds) it. */

@@ -12,8 +12,12 @@ import { resetOnError, sendAll, StreamReader } from './stream-io.js';
 /*
  * Wire format of `${prefix}/pieces/1.0.0` (one request per stream):
  *
- *   request   u32be n | n bytes of UTF-8 JSON {"digest": "sha256:…"}
- *             then the requester closes its writable end.
+ *   request   u32be n | n bytes of UTF-8 JSON {"digest": "sha256:…"[, "known": k, "waitMs": w]}
+ *             then the requester closes its writable end. With `waitMs`, the server holds the
+ *             answer until it holds more than `known` verified pieces or `waitMs` (at most
+ *             MAX_WAIT_MS) passes, whichever comes first: a downloader waiting for news of a
+ *             peer asks once instead of polling. Older agents ignore both fields and answer
+ *             at once, which an asker must accept.
  *   response  u8 status
  *               0 OK         u32be n | n bytes of UTF-8 JSON piece table {size, pieceSize, hashes}
  *                            | ceil(pieces / 8) bytes of bitfield (the pieces the server holds
@@ -41,6 +45,18 @@ export interface LocalPieces {
    * undefined when nothing of it is held.
    */
   info(digest: string): Promise<PieceAnswer>;
+  /**
+   * Resolves at the next change of what is held of `digest` (a piece verified, a download
+   * started or ended, the blob committed), or when `signal` aborts. Absent: long polls are
+   * answered at once.
+   */
+  changed?(digest: string, signal: AbortSignal): Promise<void>;
+}
+
+/** A long poll: answer once more than `known` pieces are held, or after `waitMs`. */
+export interface PieceWait {
+  known: number;
+  waitMs: number;
 }
 
 /** What a node answers about a blob: its pieces, that it is fetching it, or nothing. */
@@ -63,6 +79,8 @@ const MAX_PEER_ID_BYTES = 128;
  */
 export const MAX_TABLE_BYTES = 128 * 1024;
 const REQUEST_TIMEOUT_MS = 10_000;
+/** The longest a server holds a long poll: well inside the asker's answer timeout. */
+export const MAX_WAIT_MS = 4_000;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -130,16 +148,22 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
       const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
       const n = new DataView((await reader.readExactly(4, signal)).buffer).getUint32(0);
       if (n > MAX_REQUEST_BYTES) throw new BlobProtocolError(`request of ${n} bytes is too long`);
-      const digest = parseRequest(await reader.readExactly(n, signal));
+      const request = parseRequest(await reader.readExactly(n, signal));
       reader.dispose();
-      if (digest === undefined) {
+      if (request === undefined) {
         await finish(stream, encodeError('invalid request'));
         return;
       }
-      const others = opts.askers?.ask(digest, peer);
+      const { digest, wait } = request;
+      let others = opts.askers?.ask(digest, peer);
       let info: PieceAnswer;
       try {
         info = opts.pieces === undefined ? undefined : await opts.pieces.info(digest);
+        if (wait !== undefined && opts.pieces?.changed !== undefined && held(info) <= wait.known) {
+          info = await waitForNews(opts.pieces, digest, wait, info, stream);
+          // Who else asked meanwhile is news too.
+          others = opts.askers?.ask(digest, peer);
+        }
       } catch (err) {
         log.warn({ peer, digest, err }, 'p2p piece info failed');
         await finish(stream, encodeError('could not read piece info'));
@@ -171,6 +195,36 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
   };
 }
 
+/** Verified pieces an answer says are held. */
+export function held(info: PieceAnswer): number {
+  if (typeof info !== 'object') return 0;
+  let n = 0;
+  for (const h of info.have) if (h) n++;
+  return n;
+}
+
+/**
+ * Holds a long poll until more than `wait.known` pieces are held, `wait.waitMs` (capped) passes,
+ * or the asker goes away; answers what is held then.
+ */
+async function waitForNews(pieces: LocalPieces, digest: string, wait: PieceWait, info: PieceAnswer, stream: Stream): Promise<PieceAnswer> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), Math.min(wait.waitMs, MAX_WAIT_MS));
+  const onClose = (): void => controller.abort();
+  stream.addEventListener('close', onClose);
+  try {
+    while (!controller.signal.aborted && held(info) <= wait.known) {
+      await pieces.changed!(digest, controller.signal);
+      info = await pieces.info(digest);
+    }
+    return info;
+  } finally {
+    clearTimeout(timer);
+    stream.removeEventListener('close', onClose);
+    controller.abort();
+  }
+}
+
 /** The peer-exchange section of an OK answer. */
 async function readPeers(reader: StreamReader, peerId: string, signal: AbortSignal): Promise<string[]> {
   const count = (await reader.readExactly(1, signal))[0]!;
@@ -188,8 +242,8 @@ async function readPeers(reader: StreamReader, peerId: string, signal: AbortSign
   return peers;
 }
 
-/** The digest of a request, or undefined when it is malformed. */
-function parseRequest(json: Uint8Array): string | undefined {
+/** A request's digest and long poll, or undefined when it is malformed. */
+function parseRequest(json: Uint8Array): { digest: string; wait?: PieceWait } | undefined {
   let value: unknown;
   try {
     value = JSON.parse(decoder.decode(json));
@@ -197,9 +251,16 @@ function parseRequest(json: Uint8Array): string | undefined {
     return undefined;
   }
   if (typeof value !== 'object' || value === null) return undefined;
-  const { digest } = value as Record<string, unknown>;
+  const { digest, known, waitMs } = value as Record<string, unknown>;
   // The digest goes to the store: only a well-formed one may pass.
-  return typeof digest === 'string' && tryParseDigest(digest) !== undefined ? digest : undefined;
+  if (typeof digest !== 'string' || tryParseDigest(digest) === undefined) return undefined;
+  if (known === undefined && waitMs === undefined) return { digest };
+  if (!isCount(known) || !isCount(waitMs)) return undefined;
+  return { digest, wait: { known, waitMs } };
+}
+
+function isCount(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,16 +276,17 @@ export async function requestPieceInfo(
   stream: Stream,
   peerId: string,
   digest: string,
-  opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+  opts: { signal?: AbortSignal; timeoutMs?: number; wait?: PieceWait } = {},
 ): Promise<PieceAnswer> {
   const reader = new StreamReader(stream, MAX_TABLE_BYTES + 4096);
+  const request = opts.wait === undefined ? { digest } : { digest, known: opts.wait.known, waitMs: opts.wait.waitMs };
   const signals = [
     ...(opts.timeoutMs === undefined ? [] : [AbortSignal.timeout(opts.timeoutMs)]),
     ...(opts.signal === undefined ? [] : [opts.signal]),
   ];
   const signal = AbortSignal.any(signals);
   try {
-    await sendAll(stream, withLength32(encoder.encode(JSON.stringify({ digest }))), signal);
+    await sendAll(stream, withLength32(encoder.encode(JSON.stringify(request))), signal);
     await stream.close({ signal });
     const status = (await reader.readExactly(1, signal))[0];
     switch (status) {

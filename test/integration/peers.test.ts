@@ -136,6 +136,21 @@ describe('agents sharing blobs over libp2p', () => {
     }
   });
 
+  it('answers a peer\'s long poll as soon as it holds pieces of the blob', async () => {
+    const image = await push('team/longpoll:v1', [3 * 1024 * 1024]);
+    const [a, b] = await startSwarm(2, { registries: registries() });
+    agents.push(a!, b!);
+    const layer = image.layerDigests[0]!;
+    // B asks A, which holds nothing of the layer yet, to answer once it holds some of it.
+    const answer = b!.agent.p2p!.pieceInfo(a!.agent.p2p!.peerId, layer, { wait: { known: 0, waitMs: 4_000 } });
+    await pull(a!, 'team/longpoll:v1');
+    const info = await answer;
+    expect(typeof info).toBe('object');
+    const { table, have } = info as Exclude<typeof info, 'pending' | undefined>;
+    expect(table.size).toBe((await a!.agent.store.get(parseDigest(layer)))!.size);
+    expect(have.some(Boolean)).toBe(true);
+  });
+
   it('provides what it holds after a restart', async () => {
     const image = await push('team/restart:v1', [512 * 1024]);
     const storage = join(dir, 'restarted');

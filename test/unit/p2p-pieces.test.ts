@@ -10,6 +10,7 @@ import { PieceHasher, encodeBitfield, pieceRange, type PieceTable } from '../../
 import { BlobProtocolError } from '../../src/p2p/errors.js';
 import { MemoryBlobs } from '../../src/p2p/memory-blobs.js';
 import { P2PNode, type P2PStartOptions } from '../../src/p2p/node.js';
+import { PieceNews } from '../../src/fetch/piece-news.js';
 import { pieceProtocolId, type LocalPieces } from '../../src/p2p/piece-protocol.js';
 import { sendAll, StreamReader } from '../../src/p2p/stream-io.js';
 
@@ -32,14 +33,31 @@ async function readAll(body: Readable): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-/** LocalPieces over a map, with a hook to make it fail. */
+/** LocalPieces over a map, with a hook to make it fail; `update` wakes long polls. */
 class FakePieces implements LocalPieces {
   readonly entries = new Map<string, { table: PieceTable; have: boolean[] } | 'pending'>();
+  readonly news = new PieceNews();
+  readonly infoCalls = new Map<string, number>();
+  readonly waits = new Map<string, number>();
   failWith: Error | undefined;
   async info(digest: string): Promise<{ table: PieceTable; have: boolean[] } | 'pending' | undefined> {
+    this.infoCalls.set(digest, (this.infoCalls.get(digest) ?? 0) + 1);
     if (this.failWith !== undefined) throw this.failWith;
     return this.entries.get(digest);
   }
+  changed(digest: string, signal: AbortSignal): Promise<void> {
+    this.waits.set(digest, (this.waits.get(digest) ?? 0) + 1);
+    return this.news.next(digest, signal);
+  }
+  update(digest: string, entry: { table: PieceTable; have: boolean[] } | 'pending'): void {
+    this.entries.set(digest, entry);
+    this.news.notify(digest);
+  }
+}
+
+async function until(check: () => boolean, what: string, budgetMs = 5000): Promise<void> {
+  for (let i = 0; i < budgetMs / 10 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!check()) throw new Error(`timed out waiting for ${what}`);
 }
 
 describe('pieces protocol between two P2PNodes on loopback', () => {
@@ -167,6 +185,73 @@ describe('pieces protocol between two P2PNodes on loopback', () => {
     expect(await b.pieceInfo(a.peerId, asked)).toEqual({ table, have: [true, true, true] }); // first asker
     expect(await c.pieceInfo(a.peerId, asked)).toEqual({ table, have: [true, true, true], peers: [b.peerId] });
     expect(await b.pieceInfo(a.peerId, asked)).toEqual({ table, have: [true, true, true], peers: [c.peerId] });
+  });
+
+  describe('long polls', () => {
+    it('holds the answer until the node verifies a piece', async () => {
+      const d = digestOf(Buffer.from('long poll: news'));
+      piecesA.entries.set(d, 'pending');
+      const answer = b.pieceInfo(a.peerId, d, { wait: { known: 0, waitMs: 4000 } });
+      // The question has arrived and is waiting: only now does the node gain a piece.
+      await until(() => piecesA.waits.get(d) === 1, 'the long poll to wait');
+      piecesA.update(d, { table, have: [false, true, false] });
+      expect(await answer).toEqual({ table, have: [false, true, false] });
+    });
+
+    it('keeps waiting through changes that bring nothing new', async () => {
+      const d = digestOf(Buffer.from('long poll: no news yet'));
+      piecesA.entries.set(d, { table, have: [true, false, false] });
+      const answer = b.pieceInfo(a.peerId, d, { wait: { known: 1, waitMs: 4000 } });
+      await until(() => piecesA.waits.get(d) === 1, 'the long poll to wait');
+      piecesA.update(d, 'pending'); // e.g. the download restarted: fewer pieces than known
+      await until(() => piecesA.waits.get(d) === 2, 'the long poll to wait again');
+      piecesA.update(d, { table, have: [true, false, true] });
+      expect(await answer).toEqual({ table, have: [true, false, true] });
+    });
+
+    it('answers what it holds when waitMs passes without news', async () => {
+      const d = digestOf(Buffer.from('long poll: quiet'));
+      piecesA.entries.set(d, { table, have: [true, true, false] });
+      expect(await b.pieceInfo(a.peerId, d, { wait: { known: 2, waitMs: 50 } })).toEqual({ table, have: [true, true, false] });
+      expect(piecesA.waits.get(d)).toBe(1);
+      expect(piecesA.news.size).toBe(0);
+    });
+
+    it('answers at once when the node already holds more than the asker knows', async () => {
+      const d = digestOf(Buffer.from('long poll: already'));
+      piecesA.entries.set(d, { table, have: [true, true, false] });
+      expect(await b.pieceInfo(a.peerId, d, { wait: { known: 1, waitMs: 4000 } })).toEqual({ table, have: [true, true, false] });
+      expect(piecesA.waits.get(d)).toBeUndefined();
+    });
+
+    it('stops waiting when the asker goes away', async () => {
+      const d = digestOf(Buffer.from('long poll: asker gone'));
+      piecesA.entries.set(d, 'pending');
+      const controller = new AbortController();
+      const answer = b.pieceInfo(a.peerId, d, { wait: { known: 0, waitMs: 4000 }, signal: controller.signal });
+      await until(() => piecesA.waits.get(d) === 1, 'the long poll to wait');
+      controller.abort(new Error('asker gave up'));
+      await expect(answer).rejects.toThrow();
+      // The stream's reset ends the wait well before the node's cap (MAX_WAIT_MS, 4 s) would.
+      await until(() => piecesA.news.size === 0, 'the wait to end', 2500);
+    });
+
+    it('refuses a request whose known or waitMs is not a count', async () => {
+      const protocol = pieceProtocolId('/shoal-test');
+      for (const bad of [{ known: -1, waitMs: 10 }, { known: 0 }, { known: 0, waitMs: 1.5 }, { known: '1', waitMs: 10 }]) {
+        const stream: Stream = await b.libp2p.dialProtocol(a.libp2p.peerId, protocol);
+        const json = Buffer.from(JSON.stringify({ digest, ...bad }));
+        const length = Buffer.alloc(4);
+        length.writeUInt32BE(json.length);
+        await sendAll(stream, Buffer.concat([length, json]));
+        await stream.close();
+        const reader = new StreamReader(stream, 1024);
+        expect((await reader.readExactly(1))[0]).toBe(3); // ERROR
+        const n = Buffer.from(await reader.readExactly(2)).readUInt16BE(0);
+        expect(Buffer.from(await reader.readExactly(n)).toString()).toBe('invalid request');
+        reader.dispose();
+      }
+    });
   });
 
   describe('a lying peer', () => {

@@ -42,6 +42,8 @@ interface FakePeer {
   table?: PieceTable;
   /** pieceInfo answers undefined. */
   unknown?: boolean;
+  /** Holds a long poll until it has more than `known` pieces (as agents do); else answers at once. */
+  longPoll?: boolean;
 }
 
 class FakeSwarm implements PieceSource {
@@ -49,6 +51,8 @@ class FakeSwarm implements PieceSource {
   /** Requests in the order they were made. */
   readonly requests: { peer: string; index: number }[] = [];
   readonly infoCalls = new Map<string, number>();
+  /** Long polls asked, in order. */
+  readonly waits: { peer: string; known: number; waitMs: number }[] = [];
   /** Pieces each peer's stream delivered to the end. */
   readonly delivered = new Map<string, number[]>();
   readonly open = new Set<Readable>();
@@ -66,10 +70,20 @@ class FakeSwarm implements PieceSource {
     return p.dieAfterBytes !== undefined && (this.servedBytes.get(id) ?? 0) >= p.dieAfterBytes;
   }
 
-  async pieceInfo(peerId: string, d: string, signal: AbortSignal): Promise<{ table: PieceTable; have: boolean[] } | undefined> {
+  async pieceInfo(
+    peerId: string,
+    d: string,
+    signal: AbortSignal,
+    wait?: { known: number; waitMs: number },
+  ): Promise<{ table: PieceTable; have: boolean[] } | undefined> {
     expect(d).toBe(digest);
     this.infoCalls.set(peerId, (this.infoCalls.get(peerId) ?? 0) + 1);
     const p = this.peers.get(peerId)!;
+    if (wait !== undefined) {
+      this.waits.push({ peer: peerId, ...wait });
+      const until = Date.now() + wait.waitMs;
+      while (p.longPoll === true && p.have.size <= wait.known && Date.now() < until && !signal.aborted) await new Promise((r) => setTimeout(r, 5));
+    }
     if (p.infoDelayMs !== undefined) await new Promise((r) => setTimeout(r, p.infoDelayMs));
     signal.throwIfAborted();
     if (this.dead(peerId)) throw new Error(`${peerId} is unreachable`);
@@ -340,6 +354,49 @@ describe('swarmDownload', () => {
       expect(swarm.infoCalls.get('growing')!).toBeGreaterThan(3);
       expect(events.pieces.length).toBe(COUNT);
       expect(await fileDigest()).toBe(digest);
+    } finally {
+      clearInterval(timer);
+    }
+  });
+
+  it('asks a provider with nothing more for us to tell when it has more (long poll), not again and again', async () => {
+    const growing: FakePeer = { have: new Set([0, 1]), longPoll: true };
+    const swarm = new FakeSwarm({ growing });
+    // The provider is downloading too: it gains a piece every 40 ms.
+    let next = 2;
+    const timer = setInterval(() => {
+      if (next < COUNT) growing.have.add(next++);
+    }, 40);
+    try {
+      const { promise, events } = run(swarm, { refreshMs: 10, pollWaitMs: 1500, stallMs: 2000 });
+      const result = await promise;
+      expect(result.complete).toBe(true);
+      expect(events.pieces.length).toBe(COUNT);
+      expect(await fileDigest()).toBe(digest);
+      // Each long poll says how many pieces the download has seen the provider hold.
+      expect(swarm.waits.length).toBeGreaterThan(0);
+      for (const w of swarm.waits) {
+        expect(w).toMatchObject({ peer: 'growing', waitMs: 1500 });
+        expect(w.known).toBeGreaterThanOrEqual(2);
+      }
+      expect(new Set(swarm.waits.map((w) => w.known)).size).toBe(swarm.waits.length); // never the same question twice
+    } finally {
+      clearInterval(timer);
+    }
+  });
+
+  it('with pollWaitMs 0, asks without waiting', async () => {
+    const growing: FakePeer = { have: new Set([0, 1]), longPoll: true };
+    const swarm = new FakeSwarm({ growing });
+    let next = 2;
+    const timer = setInterval(() => {
+      if (next < COUNT) growing.have.add(next++);
+    }, 40);
+    try {
+      const { promise } = run(swarm, { refreshMs: 30, pollWaitMs: 0, stallMs: 2000 });
+      expect((await promise).complete).toBe(true);
+      expect(swarm.waits).toEqual([]);
+      expect(swarm.infoCalls.get('growing')!).toBeGreaterThan(3);
     } finally {
       clearInterval(timer);
     }
