@@ -10,9 +10,11 @@ import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
 import type { PieceSource } from './swarm-download.js';
 import { SwarmSource, type RangeSource, type SwarmSourceEvents } from './swarm-source.js';
 
-/** How often a waiting agent asks the DHT again, and the longest pause between its checks. */
+/** How often a waiting agent asks the DHT again (when no fetcher is known), and the longest pause between its checks. */
 const LOOKUP_INTERVAL_MS = 3_000;
 const MAX_POLL_MS = 1_000;
+/** How long a peer fetching the blob may hold a waiting agent's question (a long poll). */
+const FETCHER_WAIT_MS = 2_000;
 
 /** The part of the libp2p node a download needs. */
 export interface Swarm {
@@ -40,6 +42,8 @@ export interface PeerPlannerOptions {
   fetchWaitMs: number;
   /** How often a waiting agent looks again. */
   pollMs?: number;
+  /** How often a waiting agent that knows no fetcher asks the DHT again; default 3 s. */
+  lookupIntervalMs?: number;
   /** True for digests a peer asked this agent to fetch from the origin. */
   askedToFetch?(digest: string): boolean;
   book: PeerBook;
@@ -110,13 +114,16 @@ export class PeerPlanner implements SourcePlanner {
     /** Peers that said they are fetching it (or agreed to): waited for while they stay connected. */
     const fetching = new Set<string>();
     for (;;) {
-      // The DHT is asked again only every few seconds; in between, the providers already known
-      // are asked directly. A whole zone waits this way during a rollout, so it must be cheap.
-      if (performance.now() - lookedUp >= LOOKUP_INTERVAL_MS) {
+      // While a peer of the zone is fetching it, that peer is asked to answer once it holds a
+      // piece (a long poll) and the DHT is left alone: a whole zone waits this way during a
+      // rollout, so it must be cheap (a DHT lookup queries every peer). Otherwise the DHT is
+      // asked again every few seconds for providers that appeared meanwhile.
+      if (lookedUp === -Infinity || (fetching.size === 0 && performance.now() - lookedUp >= (this.opts.lookupIntervalMs ?? LOOKUP_INTERVAL_MS))) {
         providers = [...new Set([...providers, ...(await this.lookup(digest))])];
         lookedUp = performance.now();
       }
-      const answers = await this.ask(digest, providers);
+      const left = this.opts.fetchWaitMs - (performance.now() - started);
+      const answers = await this.ask(digest, providers, fetching.size > 0 ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
       if (answers.local.length > 0) return answers.local;
       // A blob enters a zone through the zone's elected fetcher (from another zone's holders if
       // there are any, else from the origin); the rest of the zone takes it from inside, so it
@@ -180,15 +187,18 @@ export class PeerPlanner implements SourcePlanner {
   private async ask(
     digest: string,
     providers: string[],
+    waitMs: number,
   ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[] }> {
     const { swarm, book, self } = this.opts;
     const known = new Map(swarm.peers().map((p) => [p.id, p]));
     const ranked = book.rank(providers.map((id) => known.get(id) ?? { id }));
+    // Every provider asked holds nothing yet (else the wait is over), so news is any piece.
+    const wait = waitMs > 0 ? { wait: { known: 0, waitMs } } : {};
     const answers = await Promise.all(
       ranked.map(async (peer) => {
         const local = peer.zone === self.zone;
         try {
-          const answer = await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(5_000) });
+          const answer = await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(5_000 + waitMs), ...wait });
           return { id: peer.id, local, answer, failed: false };
         } catch {
           // No answer (busy, slow, gone) says nothing either way.
