@@ -61,7 +61,7 @@ async function startFleet(count: number, run: number): Promise<{ host: string; p
       storage: { dir: join(work, `run${run}-agent${i}`) },
       upstreams: { default: origin.host, registries: { [origin.host]: { url: origin.url } } },
       p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: fleet.flatMap((a) => a.addrs) },
-      log: { level: 'warn' },
+      log: { level: process.env.BENCH_LOG ?? 'warn' },
     });
     const info = await agent.call<{ url: string; addrs: string[] }>({ cmd: 'info' });
     fleet.push({ host: info.url.replace('http://', ''), url: info.url, addrs: info.addrs, process: agent });

@@ -14,38 +14,44 @@ import { PeerBook } from '../../src/p2p/peer-book.js';
 
 const digest = `sha256:${'ab'.repeat(32)}`;
 const table: PieceTable = { size: 10, pieceSize: 4 * 1024 * 1024, hashes: ['00'.repeat(32)] };
-const me = 'me';
-// A peer of the zone that the digest elects as its origin fetcher (and not this agent).
-const fetcher = Array.from({ length: 64 }, (_, i) => `peer-${i}`).find((id) => closestPeers(digest, [me, id], 1)[0] === id)!;
+const candidates = Array.from({ length: 64 }, (_, i) => `peer-${i}`);
+// Two agents of zone z: the one the digest elects as its origin fetcher, and one it does not.
+const fetcher = candidates.find((id) => closestPeers(digest, candidates.slice(0, 2), 1)[0] === id)!;
+const other = candidates.slice(0, 2).find((id) => id !== fetcher)!;
+const holder = 'holder-elsewhere-in-z';
 
-/** The zone's fetcher: 'pending' until `holds`; it holds a long poll 50 ms at most (a peer may answer sooner than asked). */
+type Answer = Awaited<ReturnType<Swarm['pieceInfo']>>;
+
+/** Peers of zone z. Answers come from `answer`; long polls are held 50 ms at most (a peer may answer sooner than asked). */
 class FakeSwarm implements Swarm {
   lookups = 0;
-  holds = false;
-  readonly asks: { waitMs?: number; known?: number }[] = [];
+  providers: string[] = [];
+  acceptsFetch = true;
+  readonly asks: { peer: string; waitMs?: number; known?: number }[] = [];
+  constructor(private readonly answer: (peer: string) => Answer) {}
   async findProviders(): Promise<string[]> {
     this.lookups++;
-    return [fetcher];
+    return this.providers;
   }
   async pieceInfo(peerId: string, d: string, opts?: { signal?: AbortSignal; wait?: { known: number; waitMs: number } }) {
-    expect([peerId, d]).toEqual([fetcher, digest]);
-    this.asks.push({ ...opts?.wait });
+    expect(d).toBe(digest);
+    this.asks.push({ peer: peerId, ...opts?.wait });
     const until = Date.now() + Math.min(50, opts?.wait?.waitMs ?? 0);
-    while (!this.holds && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
-    return this.holds ? { table, have: [true] } : ('pending' as const);
+    while (typeof this.answer(peerId) !== 'object' && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    return this.answer(peerId);
   }
   async openBlob(): Promise<undefined> {
     return undefined;
   }
   peers() {
-    return [{ id: fetcher, zone: 'z' }];
+    return [fetcher, other, holder].map((id) => ({ id, zone: 'z' }));
   }
   async requestFetch(): Promise<boolean> {
-    return true;
+    return this.acceptsFetch;
   }
 }
 
-describe('PeerPlanner while the zone fetcher downloads', () => {
+describe('PeerPlanner: where an agent looks for a blob', () => {
   let dir: string;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'shoal-planner-'));
@@ -54,11 +60,11 @@ describe('PeerPlanner while the zone fetcher downloads', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  function planner(swarm: FakeSwarm, extra: Partial<PeerPlannerOptions> = {}): PeerPlanner {
+  function planner(self: string, swarm: FakeSwarm): PeerPlanner {
     const noop = (): void => undefined;
     return new PeerPlanner({
       swarm,
-      self: { id: me, zone: 'z' },
+      self: { id: self, zone: 'z' },
       originFetchers: 1,
       fetcherTimeoutMs: 5_000,
       fetchWaitMs: 30_000,
@@ -72,22 +78,50 @@ describe('PeerPlanner while the zone fetcher downloads', () => {
       lookupTimeoutMs: 1_000,
       logger: pino({ level: 'silent' }),
       events: { penalised: noop, firstPiece: noop, badPeer: noop, peerFailed: noop, piece: noop, transferred: noop, bytes: noop, lookup: noop },
-      ...extra,
     });
   }
+  const request = { digest: parseDigest(digest), registry: 'r', repository: 'x' };
+  const holds: Answer = { table, have: [true] };
 
-  it('asks the fetcher to answer once it holds a piece, and leaves the DHT alone meanwhile', async () => {
-    const swarm = new FakeSwarm();
-    const plan = planner(swarm).plan({ digest: parseDigest(digest), registry: 'r', repository: 'x' });
+  it('asks the zone fetcher first, long-polls it while it downloads, and never asks the DHT', async () => {
+    let fetched = false;
+    const swarm = new FakeSwarm((peer) => (peer === fetcher && fetched ? holds : 'pending'));
+    const plan = planner(other, swarm).plan(request);
     // Many lookup intervals pass while the fetcher downloads.
     await new Promise((r) => setTimeout(r, 300));
-    swarm.holds = true;
+    fetched = true;
     const sources = await plan;
     expect(sources[0]).toBeInstanceOf(SwarmSource);
-    expect(swarm.lookups).toBe(1);
+    expect(swarm.lookups).toBe(0);
+    expect(new Set(swarm.asks.map((a) => a.peer))).toEqual(new Set([fetcher]));
     // The first question is answered at once; the later ones are long polls for any piece.
-    expect(swarm.asks[0]).toEqual({});
+    expect(swarm.asks[0]).toEqual({ peer: fetcher });
     expect(swarm.asks.length).toBeGreaterThan(1);
-    for (const ask of swarm.asks.slice(1)) expect(ask).toEqual({ known: 0, waitMs: 2_000 });
+    for (const ask of swarm.asks.slice(1)) expect(ask).toEqual({ peer: fetcher, known: 0, waitMs: 2_000 });
+  });
+
+  it('asks the DHT when the fetcher knows nothing of the blob and will not fetch it', async () => {
+    const swarm = new FakeSwarm((peer) => (peer === holder ? holds : undefined));
+    swarm.acceptsFetch = false;
+    swarm.providers = [holder];
+    const sources = await planner(other, swarm).plan(request);
+    expect(sources[0]).toBeInstanceOf(SwarmSource);
+    expect(swarm.lookups).toBe(1);
+    expect(swarm.asks.map((a) => a.peer).sort()).toEqual([fetcher, fetcher, holder].sort());
+  });
+
+  it('goes to the origin when neither the fetcher nor the DHT knows a holder and the fetcher refuses', async () => {
+    const swarm = new FakeSwarm(() => undefined);
+    swarm.acceptsFetch = false;
+    const sources = await planner(other, swarm).plan(request);
+    expect(sources).toEqual([{ name: 'origin' }]);
+    expect(swarm.lookups).toBe(1);
+  });
+
+  it('as the elected fetcher, looks for holders in the DHT before it goes to the origin', async () => {
+    const swarm = new FakeSwarm(() => undefined);
+    const sources = await planner(fetcher, swarm).plan(request);
+    expect(sources).toEqual([{ name: 'origin' }]);
+    expect(swarm.lookups).toBe(1);
   });
 });
