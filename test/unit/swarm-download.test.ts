@@ -339,35 +339,33 @@ describe('swarmDownload', () => {
     expect(result.have.filter(Boolean).length).toBe(events.pieces.length);
   });
 
-  it('picks up pieces a provider verifies meanwhile (bitfield refresh)', async () => {
-    const growing: FakePeer = { have: new Set([0, 1]), chunkDelayMs: 0 };
-    const swarm = new FakeSwarm({ growing });
-    // The provider is downloading too: it gains a piece every 40 ms.
+  /** A provider that is downloading too: it holds pieces 0 and 1 and gains one every 40 ms. */
+  async function withGrowingProvider(extra: Partial<FakePeer>, test: (swarm: FakeSwarm) => Promise<void>): Promise<void> {
+    const growing: FakePeer = { have: new Set([0, 1]), ...extra };
     let next = 2;
     const timer = setInterval(() => {
       if (next < COUNT) growing.have.add(next++);
     }, 40);
     try {
+      await test(new FakeSwarm({ growing }));
+    } finally {
+      clearInterval(timer);
+    }
+  }
+
+  it('picks up pieces a provider verifies meanwhile (bitfield refresh)', async () => {
+    await withGrowingProvider({ chunkDelayMs: 0 }, async (swarm) => {
       const { promise, events } = run(swarm, { refreshMs: 30, stallMs: 2000 });
       const result = await promise;
       expect(result.complete).toBe(true);
       expect(swarm.infoCalls.get('growing')!).toBeGreaterThan(3);
       expect(events.pieces.length).toBe(COUNT);
       expect(await fileDigest()).toBe(digest);
-    } finally {
-      clearInterval(timer);
-    }
+    });
   });
 
   it('asks a provider with nothing more for us to tell when it has more (long poll), not again and again', async () => {
-    const growing: FakePeer = { have: new Set([0, 1]), longPoll: true };
-    const swarm = new FakeSwarm({ growing });
-    // The provider is downloading too: it gains a piece every 40 ms.
-    let next = 2;
-    const timer = setInterval(() => {
-      if (next < COUNT) growing.have.add(next++);
-    }, 40);
-    try {
+    await withGrowingProvider({ longPoll: true }, async (swarm) => {
       const { promise, events } = run(swarm, { refreshMs: 10, pollWaitMs: 1500, stallMs: 2000 });
       const result = await promise;
       expect(result.complete).toBe(true);
@@ -380,26 +378,16 @@ describe('swarmDownload', () => {
         expect(w.known).toBeGreaterThanOrEqual(2);
       }
       expect(new Set(swarm.waits.map((w) => w.known)).size).toBe(swarm.waits.length); // never the same question twice
-    } finally {
-      clearInterval(timer);
-    }
+    });
   });
 
   it('with pollWaitMs 0, asks without waiting', async () => {
-    const growing: FakePeer = { have: new Set([0, 1]), longPoll: true };
-    const swarm = new FakeSwarm({ growing });
-    let next = 2;
-    const timer = setInterval(() => {
-      if (next < COUNT) growing.have.add(next++);
-    }, 40);
-    try {
+    await withGrowingProvider({ longPoll: true }, async (swarm) => {
       const { promise } = run(swarm, { refreshMs: 30, pollWaitMs: 0, stallMs: 2000 });
       expect((await promise).complete).toBe(true);
       expect(swarm.waits).toEqual([]);
       expect(swarm.infoCalls.get('growing')!).toBeGreaterThan(3);
-    } finally {
-      clearInterval(timer);
-    }
+    });
   });
 
   it('gives up after stallMs when nobody holds the missing pieces', async () => {
