@@ -6,7 +6,7 @@ import { noise } from '@libp2p/noise';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { ping, type Ping } from '@libp2p/ping';
 import { preSharedKey } from '@libp2p/pnet';
-import { tcp } from '@libp2p/tcp';
+import { batchedTcp } from './batched-tcp.js';
 import { yamux } from '@libp2p/yamux';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type ServiceFactoryMap } from 'libp2p';
@@ -162,7 +162,7 @@ export class P2PNode implements BenchDialer {
       }),
       nodeInfo: { name: 'shoal', userAgent: agentVersion(zone) },
       addresses: { listen: opts.listen },
-      transports: [tcp()],
+      transports: [batchedTcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [
         yamux({
