@@ -196,7 +196,7 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
 }
 
 /** Verified pieces an answer says are held. */
-export function held(info: PieceAnswer): number {
+function held(info: PieceAnswer): number {
   if (typeof info !== 'object') return 0;
   let n = 0;
   for (const h of info.have) if (h) n++;
