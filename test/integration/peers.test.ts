@@ -82,6 +82,18 @@ async function startLiar(opts: { layer: string; size: number; table: PieceTable;
   });
 }
 
+/**
+ * Until `agent` finds `peerId` as a provider of `digest` in the DHT: an agent elected to fetch a
+ * blob asks the DHT before the origin, and an announcement still on its way would send it there.
+ */
+async function untilProvider(agent: TestAgent, digest: string, peerId: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((await agent.agent.p2p!.findProviders(digest, { timeoutMs: 500 })).includes(peerId)) return;
+    await sleep(50);
+  }
+  throw new Error(`${peerId} never showed up as a provider of ${digest}`);
+}
+
 beforeAll(async () => {
   registry = await startRegistry();
   origin = await startCountingProxy(registry);
@@ -218,6 +230,7 @@ describe('agents sharing blobs over libp2p', () => {
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
+      await untilProvider(b, layer, liar.peerId);
       origin.reset();
       // A lying table is only caught when the whole blob fails its digest; the response that
       // was already streaming is then cut short (never completed with wrong bytes, which skopeo
@@ -377,6 +390,7 @@ describe('feeding the local client while the swarm assembles a blob', () => {
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
+      await untilProvider(b, layer, liar.peerId);
       expect((await fetch(`${b.url}/v2/team/cut/manifests/v1`)).status).toBe(200);
       const res = await fetch(`${b.url}/v2/team/cut/blobs/${layer}`);
       let received = 0;
