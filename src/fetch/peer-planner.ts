@@ -112,8 +112,9 @@ export class PeerPlanner implements SourcePlanner {
     /** The elected fetchers refused to fetch it: fetch it oneself once the DHT had its say. */
     let refused = false;
     let providers: string[] = others;
-    let consulted = false;
+    /** When the DHT was last asked; never yet while -Infinity. */
     let lookedUp = -Infinity;
+    const consulted = (): boolean => lookedUp > -Infinity;
     let pause = this.opts.pollMs ?? 200;
     /** Peers that said they are fetching it (or agreed to): waited for while they stay connected. */
     const fetching = new Set<string>();
@@ -128,7 +129,6 @@ export class PeerPlanner implements SourcePlanner {
       if (fetching.size === 0 && (round > 0 || others.length === 0) && performance.now() - lookedUp >= interval) {
         providers = [...new Set([...providers, ...(await this.lookup(digest))])];
         lookedUp = performance.now();
-        consulted = true;
       }
       const left = this.opts.fetchWaitMs - (performance.now() - started);
       const answers = await this.ask(digest, providers, fetching.size > 0 ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
@@ -137,10 +137,10 @@ export class PeerPlanner implements SourcePlanner {
       // there are any, else from the origin); the rest of the zone takes it from inside, so it
       // crosses between zones about once.
       if (elected || this.opts.askedToFetch?.(digest)) {
-        if (consulted) return answers.remote;
+        if (consulted()) return answers.remote;
         continue;
       }
-      if (refused && consulted) return answers.remote;
+      if (refused && consulted()) return answers.remote;
       for (const peer of answers.pending) fetching.add(peer);
       for (const peer of answers.refused) fetching.delete(peer);
       if (fetching.size === 0 && !asked) {
@@ -149,7 +149,7 @@ export class PeerPlanner implements SourcePlanner {
         asked = true;
         const accepted = await this.askToFetch(request, fetchers);
         if (accepted.length === 0) {
-          if (consulted) return answers.remote;
+          if (consulted()) return answers.remote;
           refused = true;
           continue;
         }

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Metrics } from '../metrics.js';
-import { tryParseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
+import { configDigest } from '../oci/manifest.js';
 import { INDEX_MEDIA_TYPES } from '../oci/media-types.js';
 import type { BlobFetcher } from '../fetch/blob-fetcher.js';
 import type { ManifestService } from '../fetch/manifests.js';
@@ -98,14 +98,8 @@ function prefetchConfig(
   deps: RegistryDeps,
 ): void {
   if (INDEX_MEDIA_TYPES.has(manifest.mediaType)) return;
-  let digest: Digest | undefined;
-  try {
-    const config = (JSON.parse(manifest.bytes.toString('utf8')) as { config?: { digest?: unknown } }).config;
-    digest = typeof config?.digest === 'string' ? tryParseDigest(config.digest) : undefined;
-  } catch {
-    return; // not JSON: nothing to prefetch (the client gets the bytes as they are)
-  }
-  if (digest === undefined) return;
+  const digest = configDigest(manifest.bytes);
+  if (digest === undefined) return; // not an image manifest: nothing to prefetch
   deps.blobs.ensure({ registry: target.registry, repository: target.repository, digest, requestId }).catch(() => {
     // the client's own request for it will report what went wrong
   });
