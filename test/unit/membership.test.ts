@@ -1,0 +1,148 @@
+import { describe, expect, it } from 'vitest';
+import { supersedes } from '../../src/p2p/membership/member-table.js';
+import { parseFrame, encodeFrame } from '../../src/p2p/membership/member-wire.js';
+import type { Frame } from '../../src/p2p/membership/membership.js';
+import { MemberNet } from '../helpers/member-net.js';
+
+const opts = { targetLinks: 4, maxLinks: 6, pingIntervalMs: 1_000, linkTimeoutMs: 5_000, suspicionMs: 5_000 };
+
+/** `n` agents in `zones` zones, each given the first one's address, joining 50 ms apart. */
+async function fleet(n: number, zones = 2): Promise<MemberNet> {
+  const net = new MemberNet(1, opts);
+  for (let i = 0; i < n; i++) {
+    const m = net.add(`a${String(i).padStart(3, '0')}`, `z${i % zones}`);
+    if (i > 0) void m.join({ addrs: ['/mem/a000'] });
+    await net.clock.advance(50);
+  }
+  return net;
+}
+
+function liveViews(net: MemberNet): number[] {
+  return [...net.nodes.entries()].filter(([, n]) => n.up).map(([, n]) => n.membership.members().length);
+}
+
+describe('membership: SWIM-style over a bounded overlay (virtual time, modelled links)', () => {
+  it('60 agents bootstrapped from one address each learn all 59 others within a second, with bounded links', async () => {
+    const net = await fleet(60);
+    await net.clock.advance(1_000);
+    expect(liveViews(net)).toEqual(new Array(60).fill(59));
+    for (const id of net.nodes.keys()) {
+      expect(net.linksOf(id)).toBeGreaterThanOrEqual(1);
+      expect(net.linksOf(id)).toBeLessThanOrEqual(opts.maxLinks);
+    }
+    // Zones are learnt with the members.
+    expect(net.get('a001').members().filter((m) => m.zone === 'z1')).toHaveLength(29);
+  });
+
+  it('a killed agent is suspected, then forgotten after the suspicion time, not before', async () => {
+    const net = await fleet(30);
+    await net.clock.advance(2_000);
+    net.kill('a007');
+    // Its links closed: suspected within a moment, still counted live while it may refute.
+    await net.clock.advance(opts.suspicionMs - 500);
+    const others = [...net.nodes.keys()].filter((id) => id !== 'a007');
+    for (const id of others) expect(net.get(id).isLive('a007')).toBe(true);
+    await net.clock.advance(3_000);
+    for (const id of others) expect(net.get(id).isLive('a007')).toBe(false);
+    expect(liveViews(net)).toEqual(new Array(29).fill(28));
+  });
+
+  it('a hung agent (links open, silent) is forgotten within link timeout + suspicion', async () => {
+    const net = await fleet(20);
+    await net.clock.advance(2_000);
+    net.hang('a011');
+    await net.clock.advance(opts.linkTimeoutMs + opts.suspicionMs + 3_000);
+    for (const id of net.nodes.keys()) if (id !== 'a011') expect(net.get(id).isLive('a011')).toBe(false);
+  });
+
+  it('an agent that leaves is forgotten at once, without suspicion', async () => {
+    const net = await fleet(20);
+    await net.clock.advance(2_000);
+    await net.get('a005').leave();
+    net.nodes.get('a005')!.up = false;
+    await net.clock.advance(200);
+    for (const id of net.nodes.keys()) if (id !== 'a005') expect(net.get(id).table.get('a005')?.state).toBe('left');
+  });
+
+  it('a false suspicion is refuted: the suspect raises its incarnation and stays a member', async () => {
+    const net = await fleet(20);
+    await net.clock.advance(2_000);
+    const victim = net.get('a003');
+    const before = victim.selfUpdate().incarnation;
+    // One neighbour wrongly suspects it (its connection was pruned, a reset) and says so.
+    const neighbour = net.get(net.get('a003').neighbours()[0]!);
+    neighbour.table.apply({ ...victim.selfUpdate(), state: 'suspect' }, net.clock.now());
+    (neighbour as unknown as { broadcast(u: unknown): void }).broadcast({ ...victim.selfUpdate(), state: 'suspect' });
+    await net.clock.advance(opts.suspicionMs + 2_000);
+    expect(victim.selfUpdate().incarnation).toBeGreaterThan(before);
+    for (const id of net.nodes.keys()) if (id !== 'a003') expect(net.get(id).table.get('a003')?.state).toBe('alive');
+  });
+
+  it('a restarted agent (same id, a later incarnation) comes back after it was declared dead', async () => {
+    const net = await fleet(10);
+    await net.clock.advance(2_000);
+    net.kill('a004');
+    await net.clock.advance(15_000);
+    expect(net.get('a001').isLive('a004')).toBe(false);
+    const again = net.add('a004', 'z0', 2);
+    void again.join({ addrs: ['/mem/a000'] });
+    await net.clock.advance(1_000);
+    for (const id of net.nodes.keys()) if (id !== 'a004') expect(net.get(id).isLive('a004')).toBe(true);
+    expect(again.members()).toHaveLength(9);
+  });
+
+  it('an agent cut off from every link asks its next neighbour for the whole state, so it misses nothing', async () => {
+    const net = await fleet(20);
+    await net.clock.advance(2_000);
+    // a005 loses every link and cannot dial for a moment; meanwhile an agent joins.
+    const a005 = net.get('a005');
+    const dial = (a005 as unknown as { o: { transport: { dial: unknown } } }).o.transport;
+    const real = dial.dial;
+    dial.dial = async () => {
+      throw new Error('unreachable for now');
+    };
+    net.isolate('a005');
+    void net.add('late', 'z0').join({ addrs: ['/mem/a000'] });
+    await net.clock.advance(500);
+    expect(a005.isLive('late')).toBe(false);
+    dial.dial = real;
+    // Well within one anti-entropy interval (20 s): the first new link carries a full exchange.
+    await net.clock.advance(12_000);
+    expect(a005.isLive('late')).toBe(true);
+  });
+
+  it('an agent that joins later is learnt by everyone', async () => {
+    const net = await fleet(30);
+    await net.clock.advance(2_000);
+    void net.add('late', 'z1').join({ addrs: ['/mem/a017'] });
+    await net.clock.advance(500);
+    for (const id of net.nodes.keys()) if (id !== 'late') expect(net.get(id).isLive('late')).toBe(true);
+    expect(net.get('late').members()).toHaveLength(30);
+  });
+});
+
+describe('membership news precedence and frames', () => {
+  it('a higher incarnation wins; at the same one alive < suspect < dead < left', () => {
+    expect(supersedes({ state: 'alive', incarnation: 2 }, { state: 'dead', incarnation: 1 })).toBe(true);
+    expect(supersedes({ state: 'alive', incarnation: 1 }, { state: 'suspect', incarnation: 1 })).toBe(false);
+    expect(supersedes({ state: 'suspect', incarnation: 1 }, { state: 'alive', incarnation: 1 })).toBe(true);
+    expect(supersedes({ state: 'dead', incarnation: 1 }, { state: 'suspect', incarnation: 1 })).toBe(true);
+    expect(supersedes({ state: 'left', incarnation: 1 }, { state: 'dead', incarnation: 1 })).toBe(true);
+    expect(supersedes({ state: 'dead', incarnation: 1 }, { state: 'alive', incarnation: 2 })).toBe(false);
+  });
+
+  it('frames round-trip; malformed ones are refused field by field', () => {
+    const hello: Frame = { t: 'hello', join: true, member: { id: 'p', zone: 'z', addrs: ['/ip4/127.0.0.1/tcp/1/p2p/p'], state: 'alive', incarnation: 5 } };
+    const bytes = encodeFrame(hello);
+    expect(new DataView(bytes.buffer).getUint32(0)).toBe(bytes.byteLength - 4);
+    expect(parseFrame(bytes.subarray(4))).toEqual(hello);
+    const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+    const member = (hello as Extract<Frame, { t: 'hello' }>).member;
+    expect(parseFrame(enc({ ...hello, member: { ...member, state: 'zombie' } }))).toBeUndefined();
+    expect(parseFrame(enc({ ...hello, member: { ...member, incarnation: -1 } }))).toBeUndefined();
+    expect(parseFrame(enc({ t: 'gossip', updates: [{ id: 'x' }] }))).toBeUndefined();
+    expect(parseFrame(enc({ t: 'bye', reason: 'because' }))).toBeUndefined();
+    expect(parseFrame(enc({ t: 'nope' }))).toBeUndefined();
+    expect(parseFrame(new Uint8Array([0xff, 0xfe]))).toBeUndefined();
+  });
+});
