@@ -36,6 +36,43 @@ export class Metrics {
     },
   });
 
+  /** Read at every scrape: live members (this agent included) and connection counts. */
+  memberCounts: () => { zone: number; all: number } = () => ({ zone: 0, all: 0 });
+  connectionStats: () => { open: number; peak: number; max: number } = () => ({ open: 0, peak: 0, max: 0 });
+
+  readonly members: Gauge<'scope'> = new Gauge({
+    name: 'shoal_members',
+    help: 'Live agents this agent knows of, itself included: of its own zone (scope="zone") and of the fleet (scope="all")',
+    labelNames: ['scope'] as const,
+    registers: [this.registry],
+    collect: (): void => {
+      const counts = this.memberCounts();
+      this.members.set({ scope: 'zone' }, counts.zone);
+      this.members.set({ scope: 'all' }, counts.all);
+    },
+  });
+
+  readonly connections: Gauge = new Gauge({
+    name: 'shoal_connections',
+    help: 'Open p2p connections',
+    registers: [this.registry],
+    collect: (): void => this.connections.set(this.connectionStats().open),
+  });
+
+  readonly connectionsPeak: Gauge = new Gauge({
+    name: 'shoal_connections_peak',
+    help: 'The most p2p connections open at once since the agent started',
+    registers: [this.registry],
+    collect: (): void => this.connectionsPeak.set(this.connectionStats().peak),
+  });
+
+  readonly connectionsMax: Gauge = new Gauge({
+    name: 'shoal_connections_max',
+    help: 'p2p.maxConnections',
+    registers: [this.registry],
+    collect: (): void => this.connectionsMax.set(this.connectionStats().max),
+  });
+
   readonly requests = new Counter({
     name: 'shoal_http_requests_total',
     help: 'HTTP requests answered, by route and status',
@@ -89,6 +126,13 @@ export class Metrics {
     name: 'shoal_peer_transfer_seconds',
     help: 'Time of blob transfers from peers that completed',
     buckets: [0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [this.registry],
+  });
+
+  readonly originFallbacks = new Counter({
+    name: 'shoal_origin_fallbacks_total',
+    help: 'Blobs (or missing pieces of them) this agent took from the origin although it was not their elected fetcher, by reason',
+    labelNames: ['reason'] as const,
     registers: [this.registry],
   });
 

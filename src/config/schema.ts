@@ -58,10 +58,12 @@ export interface P2PConfig {
   penaltyDuration: number;
   /** Agents of a zone, closest to a blob, that fetch it from the origin; the rest wait for them. */
   originFetchers: number;
-  /** ms to wait for an origin fetcher to start before fetching from the origin oneself. */
+  /** ms without any answer from a live fetcher before the next-ranked member is asked instead. */
   originFetcherTimeout: number;
   /** ms to wait at most for a fetcher that is downloading before fetching oneself. */
   originFetchWait: number;
+  /** Open p2p connections at most, inbound and outbound together. */
+  maxConnections: number;
 }
 
 export interface Config {
@@ -342,8 +344,14 @@ const p2pSchema = z
       .min(1, 'must be an integer from 1 to 16')
       .max(16, 'must be an integer from 1 to 16')
       .default(1),
-    originFetcherTimeout: durationSchema('3s', { positive: true }).default('3s'),
+    originFetcherTimeout: durationSchema('10s', { positive: true }).default('10s'),
     originFetchWait: durationSchema('10m', { positive: true }).default('10m'),
+    maxConnections: z
+      .number()
+      .int('must be an integer from 8 to 10000')
+      .min(8, 'must be an integer from 8 to 10000')
+      .max(10000, 'must be an integer from 8 to 10000')
+      .default(64),
   })
   .strict()
   .transform((p): P2PConfig => {

@@ -109,7 +109,14 @@ export interface BootstrapperOptions {
   onPeer(peerId: string, addr: Multiaddr): void;
   /** Dials in flight at once. */
   concurrency?: number;
+  /** Whether a round is needed now (default: always); while not, rounds are skipped. */
+  wanted?(): boolean;
+  /** Addresses dialled per round at most, picked at random (default: all). */
+  maxDialsPerRound?: number;
 }
+
+/** While a round is wanted, rounds repeat after 1 s, doubling up to intervalMs. */
+const FIRST_RETRY_MS = 1_000;
 
 /**
  * Dials the bootstrap addresses now and every `intervalMs`: names are re-resolved each round so
@@ -121,6 +128,7 @@ export class Bootstrapper {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
+  private retry = FIRST_RETRY_MS / 2;
   /** "ip:port" → the peer id last seen there. */
   private readonly known = new Map<string, string>();
 
@@ -133,7 +141,10 @@ export class Bootstrapper {
       this.running = this.round().finally(() => {
         this.running = undefined;
         if (!this.stopped) {
-          this.timer = setTimeout(tick, this.opts.intervalMs);
+          // Not in yet (every address refused, or the seed was busy): try again soon.
+          const wanted = this.opts.wanted?.() ?? false;
+          this.retry = wanted ? Math.min(this.retry * 2, this.opts.intervalMs) : FIRST_RETRY_MS / 2;
+          this.timer = setTimeout(tick, wanted ? this.retry : this.opts.intervalMs);
           this.timer.unref();
         }
       });
@@ -149,6 +160,7 @@ export class Bootstrapper {
 
   /** One round: resolve every entry, dial each address not already connected. */
   async round(): Promise<void> {
+    if (this.opts.wanted?.() === false) return;
     const lookup = this.opts.lookup ?? systemLookup;
     const targets: Multiaddr[] = [];
     await Promise.all(
@@ -167,7 +179,8 @@ export class Bootstrapper {
       const id = peerIdOf(addr) ?? (key === undefined ? undefined : this.known.get(key));
       return id === undefined || !this.opts.isConnected(id);
     });
-    const queue = [...todo];
+    const max = this.opts.maxDialsPerRound ?? todo.length;
+    const queue = max >= todo.length ? [...todo] : shuffle(todo).slice(0, max);
     const worker = async (): Promise<void> => {
       for (let addr = queue.shift(); addr !== undefined && !this.stopped; addr = queue.shift()) {
         await this.dialOne(addr);
@@ -190,4 +203,12 @@ export class Bootstrapper {
       }
     }
   }
+}
+
+function shuffle<T>(items: T[]): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+  return items;
 }

@@ -22,6 +22,8 @@ export interface P2POptions {
   protocolPrefix?: string;
   /** Concurrent blob uploads served; requests beyond it are answered BUSY (default 16). */
   maxUploads?: number;
+  /** Open connections at most, inbound and outbound together (default 64). */
+  maxConnections?: number;
   /** Serve `${prefix}/bench/1.0.0` (zero bytes on demand) for throughput comparisons (default false). */
   benchProtocol?: boolean;
 }
@@ -30,6 +32,7 @@ export const DEFAULT_PROTOCOL_PREFIX = '/shoal';
 export const DEFAULT_ZONE = 'default';
 export const DEFAULT_MAX_UPLOADS = 16;
 export const DEFAULT_BOOTSTRAP_INTERVAL_MS = 30_000;
+export const DEFAULT_MAX_CONNECTIONS = 64;
 /** The p2p port of the default `p2p.listen`, assumed for a bootstrap host given without one. */
 export const DEFAULT_P2P_PORT = 30021;
 

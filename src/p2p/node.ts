@@ -1,5 +1,5 @@
 import { identify, type Identify } from '@libp2p/identify';
-import { KEEP_ALIVE, type Libp2p, type PeerDiscovery, type PeerId, type Stream } from '@libp2p/interface';
+import { type Libp2p, type PeerDiscovery, type PeerId, type Stream } from '@libp2p/interface';
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht';
 import { mdns } from '@libp2p/mdns';
 import { noise } from '@libp2p/noise';
@@ -13,7 +13,11 @@ import { createLibp2p, type ServiceFactoryMap } from 'libp2p';
 import type { Logger } from 'pino';
 import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
-import { Bootstrapper, hostPortKey, parseBootstrapEntry, type Lookup } from './bootstrap.js';
+import { Bootstrapper, hostPortKey, parseBootstrapEntry, peerIdOf, type Lookup } from './bootstrap.js';
+import { ConnectionBudget } from './connection-budget.js';
+import { Membership, realClock, type MembershipOptions } from './membership/membership.js';
+import { MemberWire, membersProtocolId } from './membership/member-wire.js';
+import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import type { Registry } from 'prom-client';
@@ -21,6 +25,7 @@ import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, 
 import { MAX_WAIT_MS, pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer, type PieceWait } from './piece-protocol.js';
 import {
   DEFAULT_BOOTSTRAP_INTERVAL_MS,
+  DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_UPLOADS,
   DEFAULT_PROTOCOL_PREFIX,
   DEFAULT_ZONE,
@@ -59,6 +64,8 @@ const RESPONSE_TIMEOUT_MS = 10_000;
 /** Waiting before (re-)announcing digests provided while the node had no DHT peers. */
 const ANNOUNCE_DEBOUNCE_MS = 500;
 const MAX_ANNOUNCE_RETRY_MS = 60_000;
+/** A connection without a stream at two checks this far apart, and not a membership link, is closed. */
+const IDLE_CONNECTION_MS = 20_000;
 
 interface Services extends Record<string, unknown> {
   identify: Identify;
@@ -80,6 +87,10 @@ export interface P2PStartOptions extends P2POptions {
   provideTimeoutMs?: number;
   /** A prom-client registry for libp2p's own metrics (connections, streams, DHT, …). */
   metricsRegistry?: Registry;
+  /** Membership timings (tests shorten them). */
+  membership?: Pick<MembershipOptions, 'suspicionMs' | 'linkTimeoutMs' | 'pingIntervalMs' | 'targetLinks' | 'maxLinks' | 'syncIntervalMs'>;
+  /** Called when the live membership changes. */
+  onMembersChanged?(): void;
 }
 
 export interface PeerSummary {
@@ -105,6 +116,7 @@ export class P2PNode implements BenchDialer {
   private announceTimer: NodeJS.Timeout | undefined;
   private retryDelay = ANNOUNCE_DEBOUNCE_MS;
   private stopping = false;
+  private reaper: NodeJS.Timeout | undefined;
   private readonly provideTimeoutMs: number;
   private readonly protocolPrefix: string;
 
@@ -113,6 +125,9 @@ export class P2PNode implements BenchDialer {
     readonly libp2p: Libp2p<Services>,
     private readonly bootstrapper: Bootstrapper,
     private readonly blobServer: BlobServer,
+    /** Who is in the fleet: the election and on-demand dials go by it. */
+    readonly membership: Membership,
+    private readonly budget: ConnectionBudget,
     opts: P2PStartOptions,
     log: Logger,
   ) {
@@ -155,6 +170,25 @@ export class P2PNode implements BenchDialer {
     // Our own service name, so Shoal agents only discover each other, not every libp2p app on the LAN.
     if (opts.mdns) services.mdns = mdns({ serviceTag: mdnsServiceTag(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX) });
 
+    // The budget needs the node and the node needs the gate: bound late.
+    let node: Libp2p<Services> | undefined;
+    let linked: (peer: string) => boolean = () => false;
+    const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    const budget = new ConnectionBudget({
+      max: maxConnections,
+      connections: () =>
+        (node?.getConnections() ?? []).map((c) => ({
+          id: c.id,
+          peer: c.remotePeer.toString(),
+          streams: c.streams.length,
+          openedAt: c.timeline.open,
+          close: () => c.close(),
+        })),
+      keep: (peer) => linked(peer),
+      now: () => Date.now(),
+      reserveMs: 10_000,
+    });
+
     const libp2p = await createLibp2p<Services>({
       privateKey,
       ...(opts.metricsRegistry && {
@@ -180,9 +214,20 @@ export class P2PNode implements BenchDialer {
         inboundConnectionThreshold: 100,
         maxIncomingPendingConnections: 64,
         dialTimeout: 10_000,
+        // The budget's gate enforces maxConnections (making room by closing idle connections);
+        // libp2p's own check refuses inbound at its limit before the gate is asked, so it sits above.
+        maxConnections: 2 * maxConnections,
+      },
+      connectionGater: {
+        denyInboundConnection: async () => !(await budget.admitInbound()),
+        denyDialPeer: async (peer) => !(await budget.admitOutbound(peer.toString())),
+        // A bare address (a bootstrap entry without /p2p/<id>) has no peer to reserve for yet.
+        denyDialMultiaddr: async (ma) => (peerIdOf(ma) === undefined ? !(await budget.admitOutbound(`addr:${ma.toString()}`)) : false),
       },
       services,
     });
+    node = libp2p;
+    libp2p.addEventListener('connection:open', (evt) => budget.opened(evt.detail.remotePeer.toString(), evt.detail.direction === 'inbound'));
 
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
     const blobServer = new BlobServer({ blobs: opts.blobs, maxUploads, logger: log });
@@ -207,23 +252,37 @@ export class P2PNode implements BenchDialer {
       await libp2p.handle(protocols.bench, benchHandler(log), { maxInboundStreams: 64, maxOutboundStreams: 64 });
     }
 
+    const prefix = opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX;
+    const wire = new MemberWire(libp2p, membersProtocolId(prefix), log);
+    const membership = new Membership({
+      self: { id: libp2p.peerId.toString(), zone, addrs: libp2p.getMultiaddrs().map((ma) => ma.toString()) },
+      clock: realClock,
+      transport: wire,
+      // The wall clock: a restarted agent's news must outrank what the fleet remembers of its last run.
+      incarnation: Date.now(),
+      // Membership links take at most half the connection budget; the rest is for bytes.
+      ...membershipLinks(maxConnections),
+      ...opts.membership,
+      onChange: () => opts.onMembersChanged?.(),
+      onDebug: (msg, detail) => log.debug(detail, msg),
+    });
+    wire.attach(membership);
+    linked = (peer) => membership.neighbours().includes(peer);
+    await libp2p.handle(wire.protocol, wire.handle, { maxInboundStreams: 64, maxOutboundStreams: 64 });
+
     const bootstrapper = new Bootstrapper({
       entries,
       intervalMs: opts.bootstrapIntervalMs ?? DEFAULT_BOOTSTRAP_INTERVAL_MS,
       logger: log,
       ...(opts.lookup === undefined ? {} : { lookup: opts.lookup }),
-      dial: async (addr: Multiaddr) => {
-        const conn = await libp2p.dial(addr, { signal: AbortSignal.timeout(10_000) });
-        return conn.remotePeer.toString();
-      },
-      isConnected: (id) => libp2p.getConnections(peerIdFromString(id)).length > 0,
+      // A bootstrap address is only a way in: one full state exchange with whoever answers there
+      // (tried on a few addresses of a long list), after which membership finds its own links.
+      wanted: () => membership.neighbours().length === 0,
+      maxDialsPerRound: 3,
+      dial: (addr: Multiaddr) => membership.join({ addrs: [addr.toString()] }),
+      isConnected: (id) => membership.neighbours().includes(id),
       selfKeys: () => new Set(libp2p.getMultiaddrs().map(hostPortKey).filter((k): k is string => k !== undefined)),
-      onPeer: (id) => {
-        // KEEP_ALIVE: the connection manager never prunes it and redials it when it drops.
-        libp2p.peerStore
-          .merge(peerIdFromString(id), { tags: { [KEEP_ALIVE]: { value: 1 } } })
-          .catch((err: Error) => log.debug({ peer: id, err: err.message }, 'p2p could not tag bootstrap peer'));
-      },
+      onPeer: () => {},
     });
 
     // A DHT node answers GET_PROVIDERS with addresses from its peer store, and libp2p writes the
@@ -231,15 +290,17 @@ export class P2PNode implements BenchDialer {
     // would leave itself out of the answer.
     await libp2p.peerStore.merge(libp2p.peerId, { multiaddrs: libp2p.getMultiaddrs() });
 
-    const node = new P2PNode(libp2p, bootstrapper, blobServer, opts, log);
-    node.watchPeers();
-    if (opts.mdns) node.watchMdns();
+    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, budget, opts, log);
+    p2p.watchPeers();
+    if (opts.mdns) p2p.watchMdns();
+    membership.start();
     bootstrapper.start();
+    p2p.startReaper();
     log.info(
-      { peerId: node.peerId, addrs: node.multiaddrs(), zone, psk: psk !== undefined, bootstrap: opts.bootstrap, mdns: opts.mdns },
+      { peerId: p2p.peerId, addrs: p2p.multiaddrs(), zone, psk: psk !== undefined, bootstrap: opts.bootstrap, mdns: opts.mdns, maxConnections },
       'p2p node started',
     );
-    return node;
+    return p2p;
   }
 
   multiaddrs(): string[] {
@@ -374,7 +435,45 @@ export class P2PNode implements BenchDialer {
     const conn = this.libp2p.getConnections(id).find((c) => c.status === 'open');
     const options = signal === undefined ? {} : { signal };
     if (conn !== undefined) return conn.newStream(protocol, options);
+    // Not connected: dial on demand, at the addresses membership gossiped (the peer store may
+    // never have heard of a member this agent was not connected to).
+    const addrs = this.membership.table.get(peerId)?.addrs ?? [];
+    if (addrs.length > 0) return this.libp2p.dialProtocol(addrs.map((a) => multiaddr(a)), protocol, options);
     return this.libp2p.dialProtocol(id, protocol, options);
+  }
+
+  /** Live members of the fleet (this agent excluded), with their zones. */
+  members(): { id: string; zone: string }[] {
+    return this.membership.members().map((m: Member) => ({ id: m.id, zone: m.zone }));
+  }
+
+  /** `alive`, `suspect` or `gone`, as membership has it. */
+  liveness(peerId: string): 'alive' | 'suspect' | 'gone' {
+    return this.membership.liveness(peerId);
+  }
+
+  /** Whether membership holds `peerId` alive (or suspected but not yet dead). */
+  isMember(peerId: string): boolean {
+    return this.membership.isLive(peerId);
+  }
+
+  /** Open connections now, the most seen at once, and the bound. */
+  connectionStats(): { open: number; peak: number; max: number } {
+    return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max };
+  }
+
+  /** Idle connections (no stream, not a membership link) are closed after a while. */
+  startReaper(): void {
+    const tick = (): void => {
+      if (this.stopping) return;
+      void this.budget.reap().finally(() => {
+        if (this.stopping) return;
+        this.reaper = setTimeout(tick, IDLE_CONNECTION_MS);
+        this.reaper.unref();
+      });
+    };
+    this.reaper = setTimeout(tick, IDLE_CONNECTION_MS);
+    this.reaper.unref();
   }
 
   /** Connected peers, with the zone they announced and the last measured round-trip time. */
@@ -384,7 +483,7 @@ export class P2PNode implements BenchDialer {
       if (conn.status !== 'open') continue;
       const id = conn.remotePeer.toString();
       const entry = byPeer.get(id) ?? { id };
-      const zone = this.zones.get(id);
+      const zone = this.zones.get(id) ?? this.membership.table.get(id)?.zone;
       if (zone !== undefined) entry.zone = zone;
       const rtt = conn.rtt ?? this.rtts.get(id);
       if (rtt !== undefined && (entry.rttMs === undefined || rtt < entry.rttMs)) entry.rttMs = rtt;
@@ -413,6 +512,10 @@ export class P2PNode implements BenchDialer {
     if (this.stopping) return;
     this.stopping = true;
     clearTimeout(this.announceTimer);
+    clearTimeout(this.reaper);
+    // Goodbye first, so the fleet forgets this agent at once instead of suspecting it.
+    await this.membership.leave();
+    await new Promise((resolve) => setTimeout(resolve, 50));
     await this.bootstrapper.stop();
     await this.libp2p.stop();
     this.log.info({ peerId: this.peerId }, 'p2p node stopped');
@@ -528,10 +631,12 @@ export class P2PNode implements BenchDialer {
   private watchMdns(): void {
     this.libp2p.services.mdns?.addEventListener('peer', (evt) => {
       const { id, multiaddrs } = evt.detail;
-      if (this.stopping || id.equals(this.libp2p.peerId) || this.libp2p.getConnections(id).length > 0) return;
-      this.libp2p
-        .dial(multiaddrs.length > 0 ? multiaddrs : id, { signal: AbortSignal.timeout(10_000) })
-        .catch((err: Error) => this.log.debug({ peer: id.toString(), err: err.message }, 'p2p mdns dial failed'));
+      // mDNS is a way in, like a bootstrap address: once joined, membership knows everyone.
+      if (this.stopping || id.equals(this.libp2p.peerId) || this.membership.neighbours().length > 0 || multiaddrs.length === 0) return;
+      const addrs = multiaddrs.map((ma) => (peerIdOf(ma) === undefined ? ma.encapsulate(`/p2p/${id.toString()}`) : ma).toString());
+      this.membership
+        .join({ id: id.toString(), addrs })
+        .catch((err: Error) => this.log.debug({ peer: id.toString(), err: err.message }, 'p2p mdns join failed'));
     });
   }
 }
@@ -540,4 +645,10 @@ export class P2PNode implements BenchDialer {
 export function mdnsServiceTag(prefix: string): string {
   const name = prefix.split('/').filter((p) => p !== '').join('-').replace(/[^a-zA-Z0-9-]/g, '') || 'shoal';
   return `_${name}._udp.local`;
+}
+
+/** Membership link counts for a connection budget: 6 to 10 links, fewer under a small budget. */
+export function membershipLinks(maxConnections: number): { targetLinks: number; maxLinks: number } {
+  const targetLinks = Math.max(2, Math.min(6, Math.floor(maxConnections / 3)));
+  return { targetLinks, maxLinks: Math.max(targetLinks + 1, Math.min(10, Math.floor(maxConnections / 2))) };
 }

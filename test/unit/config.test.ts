@@ -40,8 +40,9 @@ describe('parseConfig defaults', () => {
         providerLookupTimeout: 1_000,
         penaltyDuration: 600_000,
         originFetchers: 1,
-        originFetcherTimeout: 3_000,
+        originFetcherTimeout: 10_000,
         originFetchWait: 600_000,
+        maxConnections: 64,
       },
     });
   });

@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest';
+import { ConnectionBudget, type BudgetConnection } from '../../src/p2p/connection-budget.js';
+
+function setup(max: number, keep: string[] = []) {
+  let now = 10_000;
+  const open: BudgetConnection[] = [];
+  const add = (peer: string, streams = 0, openedAt = 0): void => {
+    const c: BudgetConnection = {
+      id: `c-${peer}`,
+      peer,
+      streams,
+      openedAt,
+      close: async () => {
+        open.splice(open.indexOf(c), 1);
+      },
+    };
+    open.push(c);
+  };
+  const budget = new ConnectionBudget({ max, connections: () => open, keep: (p) => keep.includes(p), now: () => now, reserveMs: 1_000 });
+  return { budget, open, add, advance: (ms: number) => (now += ms) };
+}
+
+describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
+  it('refuses inbound at the limit, counting handshakes in progress', async () => {
+    const { budget, add } = setup(3);
+    add('a', 1);
+    expect(await budget.admitInbound()).toBe(true);
+    expect(await budget.admitInbound()).toBe(true);
+    // Two handshakes in progress and one busy connection: full.
+    expect(await budget.admitInbound()).toBe(false);
+  });
+
+  it('an inbound connection at the limit closes an idle one to make room', async () => {
+    const { budget, add, open } = setup(2);
+    add('busy', 1);
+    add('idle', 0, 0);
+    expect(await budget.admitInbound()).toBe(true);
+    expect(open.map((c) => c.peer)).toEqual(['busy']);
+  });
+
+  it('an outbound dial at the limit closes the oldest idle connection that is not a membership link', async () => {
+    const { budget, add, open } = setup(3, ['member']);
+    add('member', 0, 0);
+    add('busy', 2, 0);
+    add('idle', 0, 100);
+    expect(await budget.admitOutbound('new')).toBe(true);
+    expect(open.map((c) => c.peer)).toEqual(['member', 'busy']);
+  });
+
+  it('refuses an outbound dial at the limit when every connection is busy or kept', async () => {
+    const { budget, add } = setup(2, ['member']);
+    add('member');
+    add('busy', 1);
+    expect(await budget.admitOutbound('new')).toBe(false);
+    // A peer already connected needs no new connection.
+    expect(await budget.admitOutbound('busy')).toBe(true);
+  });
+
+  it('a dial admitted holds its place until it connects or its reservation expires', async () => {
+    const { budget, add, advance } = setup(2);
+    add('a', 1);
+    expect(await budget.admitOutbound('b')).toBe(true);
+    expect(await budget.admitInbound()).toBe(false);
+    advance(1_001);
+    expect(await budget.admitInbound()).toBe(true);
+  });
+
+  it('reaps connections idle at two checks in a row, never membership links', async () => {
+    const { budget, add, open } = setup(10, ['member']);
+    add('member');
+    add('idle');
+    add('busy', 1);
+    expect(await budget.reap()).toBe(0);
+    expect(await budget.reap()).toBe(1);
+    expect(open.map((c) => c.peer)).toEqual(['member', 'busy']);
+  });
+
+  it('remembers the most connections seen open at once', () => {
+    const { budget, add, open } = setup(10);
+    add('a');
+    add('b');
+    budget.opened('b');
+    open.pop();
+    budget.opened('a');
+    expect(budget.peak).toBe(2);
+  });
+});
