@@ -114,6 +114,7 @@ export class Agent {
           zone: config.p2p.zone,
           keyFile: join(config.storage.dir, 'p2p', 'key'),
           maxUploads: config.p2p.maxUploadStreams,
+          maxConnections: config.p2p.maxConnections,
           benchProtocol: opts.benchProtocol ?? false,
           metricsRegistry: metrics.libp2p,
           logger,
@@ -158,6 +159,11 @@ export class Agent {
         });
         const node = p2p;
         metrics.peerZones = () => node.peers().map((p) => p.zone);
+        metrics.memberCounts = () => {
+          const members = node.members();
+          return { zone: 1 + members.filter((m) => m.zone === config.p2p.zone).length, all: 1 + members.length };
+        };
+        metrics.connectionStats = () => node.connectionStats();
         const book = new PeerBook(config.p2p.zone, config.p2p.penaltyDuration);
         peerBook = book;
         const p2pLog = logger.child({ part: 'peers' });
@@ -196,6 +202,7 @@ export class Agent {
               metrics.peerZoneBytes.inc({ zone: zone === config.p2p.zone ? 'same' : 'other' }, bytes);
             },
             bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
+            originFallback: (reason) => metrics.originFallbacks.inc({ reason }),
             firstPiece: (digest) => void node.provide(digest),
             transferred: (seconds) => metrics.peerTransfer.observe(seconds),
             lookup: (seconds, found) => metrics.providerLookup.observe({ result: found > 0 ? 'found' : 'none' }, seconds),
@@ -250,6 +257,13 @@ export class Agent {
           registry: boundUrl,
           p2p: { enabled: config.p2p.enabled, addresses: p2p?.multiaddrs() ?? [] },
           peers: p2p?.peers() ?? [],
+          ...(p2p && {
+            members: (() => {
+              const members = p2p.members();
+              return { zone: 1 + members.filter((m) => m.zone === config.p2p.zone).length, all: 1 + members.length };
+            })(),
+            connections: p2p.connectionStats(),
+          }),
           transfers: blobs.transfers().map((t) => {
             const partial = partials.get(t.digest);
             const table = partial?.table;
@@ -274,7 +288,7 @@ export class Agent {
         },
         // Ready once the store is open (it is, by now) and, when peers are configured to bootstrap
         // from, once the swarm is joined: an agent cut off from its fleet should not take traffic.
-        ready: () => config.p2p.bootstrap.length === 0 || (p2p?.peers().length ?? 0) > 0,
+        ready: () => config.p2p.bootstrap.length === 0 || (p2p?.membership.joined() ?? false),
       });
       const { host, port } = listenAddress(config.registry.listen);
       await server.listen({ host, port });

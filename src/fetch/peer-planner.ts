@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { closestPeers } from '../p2p/closest.js';
+import { HolderSearch } from './holder-search.js';
 import type { PeerBook } from '../p2p/peer-book.js';
 import type { Grants } from './grants.js';
 import type { HashWorker } from './hash-worker.js';
@@ -15,6 +16,8 @@ const LOOKUP_INTERVAL_MS = 3_000;
 const MAX_POLL_MS = 1_000;
 /** How long a peer fetching the blob may hold a waiting agent's question (a long poll). */
 const FETCHER_WAIT_MS = 2_000;
+/** Ranks of fetchers given up on (each after originFetcherTimeout without an answer) before an agent fetches itself. */
+const MAX_FAILOVERS = 2;
 
 /** The part of the libp2p node a download needs. */
 export interface Swarm {
@@ -26,7 +29,12 @@ export interface Swarm {
     offset: number,
     opts?: { signal?: AbortSignal; length?: number },
   ): Promise<{ size: number; body: Readable } | undefined>;
+  /** Connected peers (zones as announced, round-trip times as measured). */
   peers(): { id: string; zone?: string; rttMs?: number }[];
+  /** Live members of the fleet, this agent excluded, connected or not. */
+  members(): { id: string; zone: string }[];
+  isMember(peerId: string): boolean;
+  liveness(peerId: string): 'alive' | 'suspect' | 'gone';
   requestFetch(peerId: string, request: { registry: string; repository: string; digest: string }, opts?: { signal?: AbortSignal }): Promise<boolean>;
 }
 
@@ -77,7 +85,7 @@ export class PeerPlanner implements SourcePlanner {
         if (typeof answer !== 'object' || answer.peers === undefined) return answer;
         // Peers another agent named join a download only if they are of this zone (and not
         // penalised): a blob should cross between zones once, through the zone's fetcher.
-        const zoneOf = new Map(swarm.peers().map((p) => [p.id, p.zone]));
+        const zoneOf = this.zones();
         const local = answer.peers.filter((id) => id !== opts.self.id && zoneOf.get(id) === opts.self.zone);
         return { ...answer, peers: opts.book.rank(local.map((id) => ({ id }))).map((p) => p.id) };
       },
@@ -88,101 +96,98 @@ export class PeerPlanner implements SourcePlanner {
 
   async plan(request: BlobRequest): Promise<BlobSource[]> {
     const { swarm, origin } = this.opts;
-    if (swarm.peers().length === 0) return [origin];
-    if (!(await this.authorised(request))) return [origin];
+    if (swarm.members().length === 0) return [origin];
+    if (!(await this.authorised(request))) {
+      this.opts.events.originFallback?.('origin did not confirm access');
+      return [origin];
+    }
     const holders = await this.holders(request);
     if (holders.length === 0) return [origin];
     const { partials, events, logger, hashing } = this.opts;
-    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, ...(hashing && { hashing }) }), origin];
+    // A stalled swarm asks the zone again (a new search) before any byte comes from the origin.
+    const more = async (): Promise<string[]> => {
+      const found = await this.holders(request);
+      const zones = this.zones();
+      return found.filter((id) => zones.get(id) === this.opts.self.zone);
+    };
+    return [new SwarmSource({ providers: holders, pieces: this.pieces, partials, events, logger, fallback: origin, more, ...(hashing && { hashing }) }), origin];
   }
 
   /**
-   * Peers holding verified pieces of the blob, best first. When none does yet, only the zone's
-   * elected origin fetchers go to the origin; everyone else waits while some peer says it is
-   * fetching the blob (up to fetchWaitMs), and goes to the origin itself if nobody starts
-   * within fetcherTimeoutMs: a pull never hangs on a missing peer.
+   * Peers holding verified pieces of the blob, best first; empty: fetch it from the origin. The
+   * decision is HolderSearch's (holder-search.ts); this loop does its I/O: asks the zone's
+   * fetchers and the DHT's providers what they hold, long-polls a fetcher that is downloading,
+   * and asks a fetcher to start.
    */
   private async holders(request: BlobRequest): Promise<string[]> {
+    const { swarm, self } = this.opts;
     const digest = request.digest.value;
     const started = performance.now();
-    const fetchers = this.originFetchers(digest);
-    const elected = fetchers.includes(this.opts.self.id);
-    const others = fetchers.filter((id) => id !== this.opts.self.id);
-    let asked = false;
-    /** The elected fetchers refused to fetch it: fetch it oneself once the DHT had its say. */
-    let refused = false;
-    let providers: string[] = others;
+    const elapsed = (): number => performance.now() - started;
+    const search = new HolderSearch({
+      self: self.id,
+      ranked: this.ranking(digest),
+      fetchers: this.opts.originFetchers,
+      askedToFetch: this.opts.askedToFetch?.(digest) ?? false,
+      fetcherTimeoutMs: this.opts.fetcherTimeoutMs,
+      fetchWaitMs: this.opts.fetchWaitMs,
+      maxFailovers: MAX_FAILOVERS,
+    });
+    const interval = this.opts.lookupIntervalMs ?? LOOKUP_INTERVAL_MS;
+    let providers: string[] = [];
     /** When the DHT was last asked; never yet while -Infinity. */
     let lookedUp = -Infinity;
-    const consulted = (): boolean => lookedUp > -Infinity;
     let pause = this.opts.pollMs ?? 200;
-    /** Peers that said they are fetching it (or agreed to): waited for while they stay connected. */
-    const fetching = new Set<string>();
     for (let round = 0; ; round++) {
-      // The zone's other elected fetchers are asked first, without the DHT: a blob enters the
-      // zone through them, so in a rollout they hold it or are fetching it, and a whole zone
-      // asking the DHT at once cost each agent a query to every peer (DHT work was a third of
-      // the agents' CPU early in a rollout). The DHT is asked when there is no other fetcher or
-      // none of them has it, and again every few seconds while nobody is known to be fetching
-      // it; a fetcher that is fetching it is asked to answer once it holds a piece (a long poll).
-      const interval = this.opts.lookupIntervalMs ?? LOOKUP_INTERVAL_MS;
-      if (fetching.size === 0 && (round > 0 || others.length === 0) && performance.now() - lookedUp >= interval) {
+      const fetchers = search.fetchers();
+      const waiting = search.state === 'waiting';
+      // The zone's fetchers are asked first, without the DHT: a blob enters the zone through
+      // them, so in a rollout they hold it or are fetching it, and a whole zone asking the DHT
+      // at once cost each agent a query to every peer. The DHT is asked when there is no other
+      // fetcher or they do not have it, and again every few seconds while nobody is known to be
+      // fetching it (other agents may hold pieces already).
+      if (!waiting && (round > 0 || fetchers.length === 0) && performance.now() - lookedUp >= interval) {
         providers = [...new Set([...providers, ...(await this.lookup(digest))])];
         lookedUp = performance.now();
       }
-      const left = this.opts.fetchWaitMs - (performance.now() - started);
-      const answers = await this.ask(digest, providers, fetching.size > 0 ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
-      if (answers.local.length > 0) return answers.local;
-      // A blob enters a zone through the zone's elected fetcher (from another zone's holders if
-      // there are any, else from the origin); the rest of the zone takes it from inside, so it
-      // crosses between zones about once.
-      if (elected || this.opts.askedToFetch?.(digest)) {
-        if (consulted()) return answers.remote;
-        continue;
+      const left = this.opts.fetchWaitMs - elapsed();
+      const answers = await this.ask(digest, [...new Set([...fetchers, ...providers])], waiting ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
+      let step = search.observe({ now: elapsed(), ...answers, consulted: lookedUp > -Infinity, liveness: (id) => swarm.liveness(id) });
+      if (step.state === 'requesting') {
+        // Nobody of the zone is fetching it yet: ask the fetchers to start now rather than wait
+        // for their own clients to need it.
+        const { accepted, failed } = await this.askToFetch(request, step.fetchers);
+        step = search.requestAnswered(elapsed(), accepted, failed);
       }
-      if (refused && consulted()) return answers.remote;
-      for (const peer of answers.pending) fetching.add(peer);
-      for (const peer of answers.refused) fetching.delete(peer);
-      if (fetching.size === 0 && !asked) {
-        // Nobody of the zone is fetching it yet: ask the elected fetchers to start now rather
-        // than wait for their own clients to need it. If none will, fetch it oneself at once.
-        asked = true;
-        const accepted = await this.askToFetch(request, fetchers);
-        if (accepted.length === 0) {
-          if (consulted()) return answers.remote;
-          refused = true;
-          continue;
+      if (step.state === 'found') return step.holders;
+      if (step.state === 'origin') {
+        if (step.reason !== 'elected') {
+          this.opts.logger.info({ digest, waitedMs: Math.round(elapsed()), reason: step.reason }, 'no peer of the zone got the blob: fetching it itself');
+          this.opts.events.originFallback?.(step.reason);
         }
-        for (const peer of accepted) fetching.add(peer);
-        providers = [...new Set([...providers, ...accepted])];
+        return step.holders;
       }
-      // A fetcher that went away (or never started within fetcherTimeoutMs) is not waited for.
-      const connected = new Set(this.opts.swarm.peers().map((p) => p.id));
-      for (const peer of fetching) if (!connected.has(peer)) fetching.delete(peer);
-      const waited = performance.now() - started;
-      const limit = fetching.size > 0 ? this.opts.fetchWaitMs : this.opts.fetcherTimeoutMs;
-      if (waited >= limit) {
-        this.opts.logger.info({ digest, waitedMs: Math.round(waited) }, 'no peer of the zone got the blob in time: fetching it itself');
-        return answers.remote;
-      }
-      await new Promise((resolve) => setTimeout(resolve, pause));
+      if (step.state === 'waiting' || step.state === 'asking') continue; // a long poll waits by itself; a new fetcher is asked at once
+      // Jittered, so agents that failed together do not retry together.
+      await new Promise((resolve) => setTimeout(resolve, pause * (0.75 + Math.random() / 2)));
       pause = Math.min(pause * 1.5, MAX_POLL_MS);
     }
   }
 
-  /** Asks the elected fetchers to fetch the blob; answers those that accepted. */
-  private async askToFetch(request: BlobRequest, fetchers: string[]): Promise<string[]> {
+  /** Asks the fetchers to fetch the blob: those that accepted, and whether none answered at all. */
+  private async askToFetch(request: BlobRequest, fetchers: string[]): Promise<{ accepted: string[]; failed: boolean }> {
     const { registry, repository, digest } = request;
     const answers = await Promise.all(
-      fetchers.map(async (peer) =>
-        (await this.opts.swarm
-          .requestFetch(peer, { registry, repository, digest: digest.value }, { signal: AbortSignal.timeout(5_000) })
-          .catch(() => false))
-          ? peer
-          : undefined,
-      ),
+      fetchers.map(async (peer) => {
+        try {
+          const ok = await this.opts.swarm.requestFetch(peer, { registry, repository, digest: digest.value }, { signal: AbortSignal.timeout(5_000) });
+          return { peer, ok, failed: false };
+        } catch {
+          return { peer, ok: false, failed: true };
+        }
+      }),
     );
-    return answers.filter((peer): peer is string => peer !== undefined);
+    return { accepted: answers.filter((a) => a.ok).map((a) => a.peer), failed: answers.every((a) => a.failed) };
   }
 
   private async lookup(digest: string): Promise<string[]> {
@@ -204,20 +209,20 @@ export class PeerPlanner implements SourcePlanner {
     digest: string,
     providers: string[],
     waitMs: number,
-  ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[] }> {
-    const { swarm, book, self } = this.opts;
-    const known = new Map(swarm.peers().map((p) => [p.id, p]));
-    const ranked = book.rank(providers.map((id) => known.get(id) ?? { id }));
+  ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[]; unreachable: string[] }> {
+    const { book, self } = this.opts;
+    const zones = this.zones();
+    const ranked = book.rank(providers.map((id) => ({ id, ...this.link(id), ...(zones.has(id) && { zone: zones.get(id)! }) })));
     // Every provider asked holds nothing yet (else the wait is over), so news is any piece.
     const wait = waitMs > 0 ? { wait: { known: 0, waitMs } } : {};
     const answers = await Promise.all(
       ranked.map(async (peer) => {
         const local = peer.zone === self.zone;
         try {
-          const answer = await swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(5_000 + waitMs), ...wait });
+          const answer = await this.opts.swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(5_000 + waitMs), ...wait });
           return { id: peer.id, local, answer, failed: false };
         } catch {
-          // No answer (busy, slow, gone) says nothing either way.
+          // No answer (busy, slow, gone, at a connection limit) says nothing either way.
           return { id: peer.id, local, answer: undefined, failed: true };
         }
       }),
@@ -228,14 +233,32 @@ export class PeerPlanner implements SourcePlanner {
       remote: answers.filter((a) => !a.local && holds(a)).map(({ id }) => id),
       pending: answers.filter((a) => a.local && a.answer === 'pending').map(({ id }) => id),
       refused: answers.filter((a) => !a.failed && a.answer === undefined).map(({ id }) => id),
+      unreachable: answers.filter((a) => a.failed).map(({ id }) => id),
     };
   }
 
-  /** The zone's origin fetchers for the digest (this agent may be one). */
-  private originFetchers(digest: string): string[] {
+  /**
+   * The zone's live members (this agent included), closest to the blob first: the first
+   * p2p.originFetchers of them fetch it from the origin. Membership, not connections: agents
+   * that agree on who is in the zone agree on the order.
+   */
+  private ranking(digest: string): string[] {
     const { self, swarm } = this.opts;
-    const zone = swarm.peers().filter((p) => p.zone === self.zone).map((p) => p.id);
-    return closestPeers(digest, [self.id, ...zone], this.opts.originFetchers);
+    const zone = swarm.members().filter((m) => m.zone === self.zone).map((m) => m.id);
+    return closestPeers(digest, [self.id, ...zone], zone.length + 1);
+  }
+
+  /** Zones of members and connected peers. */
+  private zones(): Map<string, string | undefined> {
+    const zones = new Map<string, string | undefined>(this.opts.swarm.members().map((m) => [m.id, m.zone]));
+    for (const p of this.opts.swarm.peers()) if (p.zone !== undefined) zones.set(p.id, p.zone);
+    return zones;
+  }
+
+  /** The measured round-trip time to a connected peer, if any. */
+  private link(id: string): { rttMs?: number } {
+    const rtt = this.opts.swarm.peers().find((p) => p.id === id)?.rttMs;
+    return rtt === undefined ? {} : { rttMs: rtt };
   }
 
   private async authorised(request: BlobRequest): Promise<boolean> {

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { FlushBehind } from '../store/flush-behind.js';
 import type { HashSession, HashWorker } from './hash-worker.js';
 import { Partials, type Partial } from './partials.js';
-import { pieceRange } from './piece-table.js';
+import { pieceRange, type PieceTable } from './piece-table.js';
 import { swarmDownload, type PieceSource } from './swarm-download.js';
 import type { BlobRequest, BlobSource, SourceBody } from './source.js';
 
@@ -21,6 +21,8 @@ export interface SwarmSourceEvents {
   transferred(seconds: number): void;
   /** Bytes that went into an assembly, by where they came from. */
   bytes(kind: 'peer' | 'origin', count: number): void;
+  /** Bytes were taken from the origin by an agent that is not the blob's fetcher. */
+  originFallback?(reason: string): void;
 }
 
 /** Where pieces the swarm could not provide come from: the origin, one range each. */
@@ -44,8 +46,28 @@ export interface SwarmSourceOptions {
   logger: Logger;
   /** Where the pieces no peer could provide come from. */
   fallback?: RangeSource;
+  /**
+   * Asked when the swarm could not finish (its peers failed, were busy or at their connection
+   * limits): fresh holders of this zone to go on with, or none to give up on the swarm. So a
+   * slow swarm sends an agent back to its zone before it sends it to the origin.
+   */
+  more?(signal: AbortSignal): Promise<string[]>;
   /** Hashes off the event loop; without it, pieces and the whole blob are hashed inline. */
   hashing?: HashWorker;
+}
+
+/** Rounds of fresh holders a stalled swarm download tries before the origin. */
+const MORE_ROUNDS = 4;
+const RETRY_PAUSE_MS = 500;
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(t);
+      reject(signal.reason as Error);
+    }, { once: true });
+  });
 }
 
 export class SwarmSource implements BlobSource {
@@ -73,9 +95,10 @@ export class SwarmSource implements BlobSource {
     let hashing: HashSession | undefined;
     try {
       let announced = false;
-      const result = await swarmDownload({
+      const download = (providers: string[], known?: { table: PieceTable; have: boolean[] }) => swarmDownload({
         digest,
-        providers: this.opts.providers,
+        providers,
+        ...(known && { table: known.table, have: known.have }),
         source: this.opts.pieces,
         file: partial.file,
         signal,
@@ -102,7 +125,18 @@ export class SwarmSource implements BlobSource {
         onBadPeer: (peerId, reason) => this.opts.events.badPeer(peerId, reason),
         onPeerFailed: (peerId, error) => this.opts.events.peerFailed(peerId, error),
       });
-      if (!result.table) return undefined;
+      let result = await download(this.opts.providers);
+      for (let round = 1; !result.complete && this.opts.more !== undefined && round <= MORE_ROUNDS; round++) {
+        await sleep(RETRY_PAUSE_MS * (0.5 + Math.random()), signal);
+        const providers = await this.opts.more(signal);
+        if (providers.length === 0) break;
+        this.opts.logger.debug({ digest, round, providers: providers.length }, 'swarm stalled: going on with fresh holders of the zone');
+        result = await download(providers, result.table && { table: result.table, have: result.have });
+      }
+      if (!result.table) {
+        this.opts.events.originFallback?.('no peer answered');
+        return undefined;
+      }
       partial.table = result.table;
       partial.have = result.have;
       if (result.complete) this.opts.events.transferred((performance.now() - started) / 1000);
@@ -154,6 +188,7 @@ export class SwarmSource implements BlobSource {
     const table = partial.table!;
     const missing = partial.have.flatMap((held, index) => (held ? [] : [index]));
     this.opts.logger.info({ digest: partial.digest, pieces: missing.length }, 'swarm stalled: missing pieces come from the origin');
+    this.opts.events.originFallback?.('swarm stalled');
     for (const index of missing) {
       const { start, end } = pieceRange(table, index);
       const bytes = await this.opts.fallback!.readRange(request, start, end - start, signal);

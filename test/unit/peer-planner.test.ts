@@ -46,6 +46,15 @@ class FakeSwarm implements Swarm {
   peers() {
     return [fetcher, other, holder].map((id) => ({ id, zone: 'z' }));
   }
+  members() {
+    return this.peers();
+  }
+  isMember(id: string): boolean {
+    return this.peers().some((p) => p.id === id);
+  }
+  liveness(id: string): 'alive' | 'gone' {
+    return this.isMember(id) ? 'alive' : 'gone';
+  }
   async requestFetch(): Promise<boolean> {
     return this.acceptsFetch;
   }
@@ -107,7 +116,8 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     const sources = await planner(other, swarm).plan(request);
     expect(sources[0]).toBeInstanceOf(SwarmSource);
     expect(swarm.lookups).toBe(1);
-    expect(swarm.asks.map((a) => a.peer).sort()).toEqual([fetcher, fetcher, holder].sort());
+    // The fetcher, once declined, is not asked again: the next rank (or the DHT's holder) is.
+    expect(swarm.asks.map((a) => a.peer).sort()).toEqual([fetcher, holder].sort());
   });
 
   it('goes to the origin when neither the fetcher nor the DHT knows a holder and the fetcher refuses', async () => {

@@ -1,0 +1,134 @@
+import { describe, expect, it } from 'vitest';
+import { HolderSearch, type Observation, type SearchContext } from '../../src/fetch/holder-search.js';
+
+// Ranked as every agent of the zone ranks them for one blob: f1 first, then f2, then self.
+const ctx: SearchContext = { self: 'me', ranked: ['f1', 'f2', 'me', 'x'], fetchers: 1, askedToFetch: false, fetcherTimeoutMs: 10_000, fetchWaitMs: 60_000, maxFailovers: 2 };
+const seen = (o: Partial<Observation> = {}): Observation => ({
+  now: 0,
+  local: [],
+  remote: [],
+  pending: [],
+  refused: [],
+  unreachable: [],
+  consulted: true,
+  liveness: () => 'alive',
+  ...o,
+});
+
+describe('HolderSearch: the planner decision, one transition at a time', () => {
+  it('starts asking, relying on the first-ranked member', () => {
+    const s = new HolderSearch(ctx);
+    expect(s.state).toBe('asking');
+    expect(s.fetchers()).toEqual(['f1']);
+    expect(s.isFetcher).toBe(false);
+  });
+
+  it('asking → found: a peer of the zone holds pieces', () => {
+    expect(new HolderSearch(ctx).observe(seen({ local: ['p'] }))).toEqual({ state: 'found', holders: ['p'] });
+  });
+
+  it('asking → waiting: the fetcher says it is downloading', () => {
+    expect(new HolderSearch(ctx).observe(seen({ pending: ['f1'] }))).toEqual({ state: 'waiting', fetchers: ['f1'] });
+  });
+
+  it('waiting → origin only after fetchWaitMs of downloading without a piece', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ now: 0, pending: ['f1'] }));
+    expect(s.observe(seen({ now: 59_999, pending: ['f1'] })).state).toBe('waiting');
+    expect(s.observe(seen({ now: 60_000, pending: ['f1'], remote: ['r'] }))).toEqual({ state: 'origin', holders: ['r'], reason: 'fetcher too slow' });
+  });
+
+  it('asking → requesting: the fetcher holds nothing and fetches nothing', () => {
+    expect(new HolderSearch(ctx).observe(seen({ refused: ['f1'] }))).toEqual({ state: 'requesting', fetchers: ['f1'] });
+  });
+
+  it('requesting → waiting: the fetcher accepted', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ refused: ['f1'] }));
+    expect(s.requestAnswered(5, ['f1'], false)).toEqual({ state: 'waiting', fetchers: ['f1'] });
+  });
+
+  it('requesting → asking the next rank: the fetcher declined', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ refused: ['f1'] }));
+    expect(s.requestAnswered(5, [], false)).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
+  it('requesting → retrying: the request got no answer at all', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ refused: ['f1'] }));
+    expect(s.requestAnswered(5, [], true)).toEqual({ state: 'retrying', fetchers: ['f1'] });
+  });
+
+  it('a fetcher that accepted and then says it fetches nothing is failed over', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ refused: ['f1'] }));
+    s.requestAnswered(5, ['f1'], false);
+    expect(s.observe(seen({ now: 10, refused: ['f1'] }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
+  it('asking → retrying: a live fetcher did not answer (busy, at its connection limit)', () => {
+    expect(new HolderSearch(ctx).observe(seen({ now: 100, unreachable: ['f1'] }))).toEqual({ state: 'retrying', fetchers: ['f1'] });
+  });
+
+  it('retrying → asking the next rank after fetcherTimeoutMs without any answer from a suspected fetcher, never the origin', () => {
+    const s = new HolderSearch(ctx);
+    const suspect = { liveness: () => 'suspect' as const };
+    expect(s.observe(seen({ now: 9_999, unreachable: ['f1'], ...suspect })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 10_000, unreachable: ['f1'], ...suspect }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
+  it('a fetcher membership holds alive is busy, not gone: it gets three timeouts', () => {
+    const s = new HolderSearch(ctx);
+    expect(s.observe(seen({ now: 29_999, unreachable: ['f1'] })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 30_000, unreachable: ['f1'] }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
+  it('an answer from the fetcher restarts its timeout', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ now: 9_000, pending: ['f1'] }));
+    expect(s.observe(seen({ now: 38_000, unreachable: ['f1'] })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 39_000, unreachable: ['f1'] })).state).toBe('asking');
+  });
+
+  it('a fetcher that left membership is failed over at once', () => {
+    expect(new HolderSearch(ctx).observe(seen({ now: 1, unreachable: ['f1'], liveness: (id) => (id === 'f1' ? 'gone' : 'alive') }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
+  it('when the ranks reach this agent it becomes the fetcher: the DHT first, then the origin', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ refused: ['f1'] }));
+    s.requestAnswered(1, [], false); // f2 next
+    s.observe(seen({ refused: ['f2'] }));
+    expect(s.requestAnswered(2, [], false)).toEqual({ state: 'asking', fetchers: [] });
+    expect(s.isFetcher).toBe(true);
+    expect(s.observe(seen({ consulted: false })).state).toBe('asking');
+    expect(s.observe(seen({ consulted: true, remote: ['r'] }))).toEqual({ state: 'origin', holders: ['r'], reason: 'failed over to this agent' });
+  });
+
+  it('after maxFailovers ranks failed, it fetches from the origin itself', () => {
+    const s = new HolderSearch({ ...ctx, ranked: ['f1', 'f2', 'f3', 'me'] });
+    for (const [i, f] of ['f1', 'f2'].entries()) {
+      s.observe(seen({ refused: [f] }));
+      s.requestAnswered(i, [], false);
+    }
+    s.observe(seen({ refused: ['f3'] }));
+    expect(s.requestAnswered(3, [], false)).toEqual({ state: 'origin', holders: [], reason: 'fetcher declined; no fetcher left to try' });
+  });
+
+  it('the elected fetcher asks the DHT before the origin', () => {
+    const s = new HolderSearch({ ...ctx, ranked: ['me', 'f1'] });
+    expect(s.isFetcher).toBe(true);
+    expect(s.observe(seen({ consulted: false })).state).toBe('asking');
+    expect(s.observe(seen({ consulted: true })).state).toBe('origin');
+  });
+
+  it('an agent a peer asked to fetch is a fetcher whatever its rank', () => {
+    const s = new HolderSearch({ ...ctx, askedToFetch: true });
+    expect(s.observe(seen())).toEqual({ state: 'origin', holders: [], reason: 'asked by a peer' });
+  });
+
+  it('an agent alone in its zone is its fetcher', () => {
+    expect(new HolderSearch({ ...ctx, ranked: ['me'] }).isFetcher).toBe(true);
+  });
+});
