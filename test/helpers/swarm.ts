@@ -11,17 +11,9 @@ export function bootstrapOf(agent: TestAgent): string[] {
   return agent.agent.p2p!.multiaddrs();
 }
 
-/** Starts agents that all bootstrap from the first one, and waits until each sees a peer. */
+/** Starts agents that all bootstrap from the first one, and waits until their membership converged. */
 export async function startSwarm(count: number, opts: TestAgentOptions): Promise<TestAgent[]> {
-  const first = await startAgent(opts);
-  const rest = await Promise.all(
-    Array.from({ length: count - 1 }, () =>
-      startAgent({ ...opts, p2p: { ...opts.p2p, bootstrap: bootstrapOf(first) } }),
-    ),
-  );
-  const all = [first, ...rest];
-  await Promise.all(all.map((a) => waitForPeers(a, 1)));
-  return all;
+  return startFleet(count, opts);
 }
 
 /** A counter's value in an agent's /metrics text (summed over label sets matching `labels`). */
@@ -43,28 +35,36 @@ export async function metric(agent: TestAgent, name: string, labels: Record<stri
   return total;
 }
 
+/** Whether every agent's membership lists every other agent (and no one else). */
+export function converged(agents: TestAgent[]): boolean {
+  const ids = new Set(agents.map((a) => a.agent.p2p!.peerId));
+  return agents.every((a) => {
+    const members = a.agent.p2p!.members();
+    return members.length === ids.size - 1 && members.every((m) => ids.has(m.id));
+  });
+}
+
 /**
- * Starts `count` agents that all know each other (each bootstraps from every earlier one, as
- * agents do from a headless Service listing them all), and waits until each sees every other
- * with its zone. `zoneOf(i)` names agent i's zone.
+ * Starts `count` agents, each given one bootstrap address (the first agent's), as a hand-written
+ * config or an edge site has, and waits until their membership has converged (every agent knows
+ * every other, with its zone) — not for connections, which stay bounded. `zoneOf(i)` names agent
+ * i's zone.
  */
-export async function startMesh(
+export async function startFleet(
   count: number,
   opts: TestAgentOptions,
   zoneOf: (index: number) => string = () => 'default',
 ): Promise<TestAgent[]> {
-  const agents: TestAgent[] = [];
-  for (let i = 0; i < count; i++) {
-    const bootstrap = agents.flatMap((a) => bootstrapOf(a));
-    agents.push(await startAgent({ ...opts, p2p: { ...opts.p2p, zone: zoneOf(i), bootstrap } }));
-  }
-  await waitFor(
-    'a full mesh with zones',
-    async () => agents.every((a) => {
-      const peers = a.agent.p2p!.peers();
-      return peers.length >= count - 1 && peers.every((p) => p.zone !== undefined);
-    }),
-    { timeoutMs: 30_000 },
+  const first = await startAgent({ ...opts, p2p: { ...opts.p2p, zone: zoneOf(0) } });
+  const rest = await Promise.all(
+    Array.from({ length: count - 1 }, (_, i) => startAgent({ ...opts, p2p: { ...opts.p2p, zone: zoneOf(i + 1), bootstrap: bootstrapOf(first) } })),
   );
+  const agents = [first, ...rest];
+  try {
+    await waitFor('membership converged', async () => converged(agents), { timeoutMs: 30_000 });
+  } catch (err) {
+    const views = agents.map((a) => `${a.agent.p2p!.members().length}/${a.agent.p2p!.membership.neighbours().length}`).join(' ');
+    throw new Error(`${(err as Error).message}\nmembers/links per agent: ${views}`);
+  }
   return agents;
 }
