@@ -115,8 +115,15 @@ export interface BootstrapperOptions {
   maxDialsPerRound?: number;
 }
 
-/** While a round is wanted, rounds repeat after 1 s, doubling up to intervalMs. */
+/**
+ * While a round is wanted (not in the fleet yet), rounds repeat after 1 s, doubling up to 4 s:
+ * a seed that is busy at the moment a whole fleet starts is asked again soon, and an agent
+ * outside costs a few dials every 4 s.
+ */
 const FIRST_RETRY_MS = 1_000;
+const MAX_RETRY_MS = 4_000;
+/** Consecutive failed rounds before the agent warns that it is not getting in. */
+const WARN_AFTER_ROUNDS = 3;
 
 /**
  * Dials the bootstrap addresses now and every `intervalMs`: names are re-resolved each round so
@@ -131,6 +138,9 @@ export class Bootstrapper {
   private retry = FIRST_RETRY_MS / 2;
   /** "ip:port" → the peer id last seen there. */
   private readonly known = new Map<string, string>();
+  private failedRounds = 0;
+  /** Why the last dial of a bootstrap address failed, for /status and diagnostics. */
+  lastError: string | undefined;
 
   constructor(private readonly opts: BootstrapperOptions) {}
 
@@ -143,7 +153,7 @@ export class Bootstrapper {
         if (!this.stopped) {
           // Not in yet (every address refused, or the seed was busy): try again soon.
           const wanted = this.opts.wanted?.() ?? false;
-          this.retry = wanted ? Math.min(this.retry * 2, this.opts.intervalMs) : FIRST_RETRY_MS / 2;
+          this.retry = wanted ? Math.min(this.retry * 2, MAX_RETRY_MS, this.opts.intervalMs) : FIRST_RETRY_MS / 2;
           this.timer = setTimeout(tick, wanted ? this.retry : this.opts.intervalMs);
           this.timer.unref();
         }
@@ -181,26 +191,35 @@ export class Bootstrapper {
     });
     const max = this.opts.maxDialsPerRound ?? todo.length;
     const queue = max >= todo.length ? [...todo] : shuffle(todo).slice(0, max);
+    let answered = 0;
     const worker = async (): Promise<void> => {
       for (let addr = queue.shift(); addr !== undefined && !this.stopped; addr = queue.shift()) {
-        await this.dialOne(addr);
+        if (await this.dialOne(addr)) answered++;
       }
     };
+    const dialled = queue.length;
     await Promise.all(Array.from({ length: Math.min(this.opts.concurrency ?? 8, queue.length) }, worker));
+    this.failedRounds = dialled > 0 && answered === 0 ? this.failedRounds + 1 : 0;
+    if (this.failedRounds === WARN_AFTER_ROUNDS && !this.stopped) {
+      this.opts.logger.warn({ bootstrap: this.opts.entries.map((e) => e.source), rounds: this.failedRounds, err: this.lastError }, 'p2p bootstrap: no address answered yet; still trying');
+    }
   }
 
-  private async dialOne(addr: Multiaddr): Promise<void> {
+  private async dialOne(addr: Multiaddr): Promise<boolean> {
     const key = hostPortKey(addr);
     try {
       const id = await this.opts.dial(addr);
       if (key !== undefined) this.known.set(key, id);
       this.opts.onPeer(id, addr);
+      return true;
     } catch (err) {
       // A peer behind a remembered address may have been replaced: forget it, dial bare next time.
       if (key !== undefined) this.known.delete(key);
+      this.lastError = `${addr.toString()}: ${(err as Error).message}`;
       if (!this.stopped) {
         this.opts.logger.debug({ addr: addr.toString(), err: (err as Error).message }, 'p2p bootstrap dial failed');
       }
+      return false;
     }
   }
 }

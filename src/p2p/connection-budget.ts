@@ -27,7 +27,13 @@ export interface ConnectionBudgetOptions {
 }
 
 export class ConnectionBudget {
-  private readonly reserved = new Map<string, number>();
+  /**
+   * One entry per admitted dial (peer, expiry). libp2p asks the gate only for a dial that will
+   * make a new connection (it reuses an open one and joins a dial in flight first), so each
+   * admission holds its own place, even to a peer already connected: both sides dialling at once
+   * ends in two connections, and both count.
+   */
+  private reserved: Array<{ peer: string; until: number }> = [];
   private peakSeen = 0;
   private idleBefore = new Set<string>();
   /** Expiry times of inbound handshakes admitted but not yet open. */
@@ -49,8 +55,11 @@ export class ConnectionBudget {
 
   /** Call on every opened connection. */
   opened(peer: string, inbound = false): void {
-    this.reserved.delete(peer);
     if (inbound) this.pendingInbound.shift();
+    else {
+      const i = this.reserved.findIndex((r) => r.peer === peer);
+      if (i >= 0) this.reserved.splice(i, 1);
+    }
     this.peakSeen = Math.max(this.peakSeen, this.o.connections().length);
   }
 
@@ -68,16 +77,15 @@ export class ConnectionBudget {
     return true;
   }
 
-  /** Whether a dial to `peer` may start; may close an idle connection to make room. */
+  /** Whether a new connection to `peer` may be dialled; may close an idle connection to make room. */
   async admitOutbound(peer: string): Promise<boolean> {
-    if (this.o.connections().some((c) => c.peer === peer) || this.reserved.has(peer)) return true;
     if (this.used() >= this.o.max) {
       const idle = this.idle();
       if (idle === undefined) return false;
       await idle.close().catch(() => {});
       if (this.used() >= this.o.max) return false;
     }
-    this.reserved.set(peer, this.now() + (this.o.reserveMs ?? 15_000));
+    this.reserved.push({ peer, until: this.now() + (this.o.reserveMs ?? 15_000) });
     return true;
   }
 
@@ -95,11 +103,9 @@ export class ConnectionBudget {
 
   private used(): number {
     const now = this.now();
-    for (const [peer, until] of this.reserved) if (until <= now) this.reserved.delete(peer);
+    this.reserved = this.reserved.filter((r) => r.until > now);
     while (this.pendingInbound.length > 0 && this.pendingInbound[0]! <= now) this.pendingInbound.shift();
-    const open = this.o.connections();
-    const peers = new Set(open.map((c) => c.peer));
-    return open.length + this.pendingInbound.length + [...this.reserved.keys()].filter((p) => !peers.has(p)).length;
+    return this.o.connections().length + this.pendingInbound.length + this.reserved.length;
   }
 
   private idle(): BudgetConnection | undefined {

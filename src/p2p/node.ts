@@ -186,7 +186,8 @@ export class P2PNode implements BenchDialer {
         })),
       keep: (peer) => linked(peer),
       now: () => Date.now(),
-      reserveMs: 10_000,
+      // libp2p gives a dial (and an inbound upgrade) 10 s; the place is held a little longer.
+      reserveMs: 12_000,
     });
 
     const libp2p = await createLibp2p<Services>({
@@ -458,6 +459,11 @@ export class P2PNode implements BenchDialer {
   }
 
   /** Open connections now, the most seen at once, and the bound. */
+  /** Why the last bootstrap dial failed, if one did (cleared by nothing: the last word). */
+  bootstrapError(): string | undefined {
+    return this.bootstrapper.lastError;
+  }
+
   connectionStats(): { open: number; peak: number; max: number } {
     return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max };
   }

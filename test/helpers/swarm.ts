@@ -56,14 +56,20 @@ export async function startFleet(
   zoneOf: (index: number) => string = () => 'default',
 ): Promise<TestAgent[]> {
   const first = await startAgent({ ...opts, p2p: { ...opts.p2p, zone: zoneOf(0) } });
-  const rest = await Promise.all(
+  const started = await Promise.allSettled(
     Array.from({ length: count - 1 }, (_, i) => startAgent({ ...opts, p2p: { ...opts.p2p, zone: zoneOf(i + 1), bootstrap: bootstrapOf(first) } })),
   );
-  const agents = [first, ...rest];
+  const agents = [first, ...started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
   try {
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason as Error;
     await waitFor('membership converged', async () => converged(agents), { timeoutMs: 30_000 });
   } catch (err) {
-    const views = agents.map((a) => `${a.agent.p2p!.members().length}/${a.agent.p2p!.membership.neighbours().length}`).join(' ');
+    const views = agents
+      .map((a) => `${a.agent.p2p!.members().length}/${a.agent.p2p!.membership.neighbours().length}${a.agent.p2p!.members().length === 0 ? ` (${a.agent.p2p!.bootstrapError() ?? 'no bootstrap error'})` : ''}`)
+      .join(' ');
+    // A fleet that did not form is stopped here: the caller never got it, so it cannot.
+    await Promise.all(agents.map((a) => a.close()));
     throw new Error(`${(err as Error).message}\nmembers/links per agent: ${views}`);
   }
   return agents;

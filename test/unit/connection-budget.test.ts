@@ -52,8 +52,24 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     add('member');
     add('busy', 1);
     expect(await budget.admitOutbound('new')).toBe(false);
-    // A peer already connected needs no new connection.
-    expect(await budget.admitOutbound('busy')).toBe(true);
+    // libp2p asks only for a new connection: one to a peer already connected counts too.
+    expect(await budget.admitOutbound('busy')).toBe(false);
+  });
+
+  it('a dial in flight keeps its place when the same peer connects inbound meanwhile', async () => {
+    const { budget, add } = setup(3);
+    add('a', 1);
+    expect(await budget.admitOutbound('b')).toBe(true);
+    // b dials us at the same moment: its inbound connection opens first.
+    expect(await budget.admitInbound()).toBe(true);
+    add('b', 1);
+    budget.opened('b', true);
+    // Our dial to b is still in flight and will be a second connection: the budget is full.
+    expect(await budget.admitInbound()).toBe(false);
+    add('b', 1);
+    budget.opened('b', false);
+    expect(budget.peak).toBe(3);
+    expect(await budget.admitOutbound('c')).toBe(false);
   });
 
   it('a dial admitted holds its place until it connects or its reservation expires', async () => {
