@@ -337,7 +337,7 @@ function localBlobs(store: BlobStore, partials: Partials, metrics: Metrics, uplo
       if (!parsed) return undefined;
       const blob = await store.get(parsed);
       if (!blob) {
-        const piece = partials.read(digest, offset, length);
+        const piece = await partials.read(digest, offset, length);
         return limit(piece, piece ? Math.min(length ?? piece.size, piece.size - offset) : 0);
       }
       if (offset > blob.size) return undefined;

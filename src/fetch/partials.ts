@@ -1,10 +1,10 @@
-import { createReadStream } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { PieceNews } from './piece-news.js';
 import { pieceRange, type PieceTable } from './piece-table.js';
+import { openReadStream } from '../store/read-stream.js';
 
 /** Read size for serving pieces: the blob protocol sends 1 MiB batches. */
 const READ_CHUNK = 1024 * 1024;
@@ -62,8 +62,11 @@ export class Partials {
     await rm(partial.path, { force: true });
   }
 
-  /** Bytes [offset, offset+length) if every piece they touch is verified; else undefined. */
-  read(digest: string, offset: number, length?: number): { size: number; body: Readable } | undefined {
+  /**
+   * Bytes [offset, offset+length) if every piece they touch is verified; else undefined (also
+   * when the blob finished and its partial file went away meanwhile).
+   */
+  async read(digest: string, offset: number, length?: number): Promise<{ size: number; body: Readable } | undefined> {
     const partial = this.byDigest.get(digest);
     const table = partial?.table;
     if (!partial || !table) return undefined;
@@ -75,7 +78,8 @@ export class Partials {
       if (!partial.have[i]) return undefined;
     }
     if (end === offset) return { size: table.size, body: Readable.from([]) };
-    return { size: table.size, body: createReadStream(partial.path, { start: offset, end: end - 1, highWaterMark: READ_CHUNK }) };
+    const body = await openReadStream(partial.path, { start: offset, end: end - 1, highWaterMark: READ_CHUNK });
+    return body === undefined ? undefined : { size: table.size, body };
   }
 
   /** The contiguous verified prefix, in bytes. */

@@ -1,8 +1,8 @@
-import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { createHash } from 'node:crypto';
 import { FlushBehind } from '../store/flush-behind.js';
+import { openReadStream } from '../store/read-stream.js';
 import type { HashSession, HashWorker } from './hash-worker.js';
 import { Partials, type Partial } from './partials.js';
 import { pieceRange, type PieceTable } from './piece-table.js';
@@ -166,9 +166,10 @@ export class SwarmSource implements BlobSource {
       hashing?.close();
       hashing = undefined;
       await flush.settle();
-      handedOver = true;
       // Only a prefix: the orchestrator streams it into its writer and resumes after it.
-      const body = createReadStream(partial.path, { start: offset, end: available - 1 });
+      const body = await openReadStream(partial.path, { start: offset, end: available - 1 });
+      if (body === undefined) throw new Error(`the partial file of ${request.digest} vanished`);
+      handedOver = true;
       body.once('close', () => void this.opts.partials.finish(partial));
       return { size: result.table.size, body };
     } finally {

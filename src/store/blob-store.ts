@@ -1,4 +1,5 @@
 import { createReadStream, type ReadStream } from 'node:fs';
+import { openReadStream } from './read-stream.js';
 import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -113,12 +114,14 @@ export class BlobStore {
     const blob = await this.get(digest);
     if (!blob) return undefined;
     const lease = this.lease(digest.value);
-    const stream = createReadStream(blob.path, {
-      start: range?.start,
-      end: range?.end,
+    let stream: ReadStream | undefined;
+    try {
       // Large reads keep per-chunk overhead low on multi-GiB blobs.
-      highWaterMark: READ_CHUNK,
-    });
+      stream = await openReadStream(blob.path, { ...range, highWaterMark: READ_CHUNK });
+    } finally {
+      if (stream === undefined) lease.release();
+    }
+    if (stream === undefined) return undefined;
     stream.once('close', () => lease.release());
     void this.touch(digest).catch(() => undefined);
     return stream;
