@@ -52,7 +52,11 @@ async function pullAll(hosts: string[], ref: string): Promise<number> {
   return seconds;
 }
 
-/** N agents, each its own process (as on N nodes), each bootstrapping from all earlier ones. */
+/**
+ * N agents, each its own process (as on N nodes), each given one bootstrap address (the first
+ * agent's), as a hand-written config has; waits until every agent's membership lists the whole
+ * fleet (not for connections, which stay bounded).
+ */
 async function startFleet(count: number, run: number): Promise<{ host: string; process: AgentProcess }[]> {
   const fleet: { host: string; url: string; addrs: string[]; process: AgentProcess }[] = [];
   for (let i = 0; i < count; i++) {
@@ -60,21 +64,23 @@ async function startFleet(count: number, run: number): Promise<{ host: string; p
       registry: { listen: '127.0.0.1:0' },
       storage: { dir: join(work, `run${run}-agent${i}`) },
       upstreams: { default: origin.host, registries: { [origin.host]: { url: origin.url } } },
-      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: fleet.flatMap((a) => a.addrs) },
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: fleet[0]?.addrs ?? [] },
       log: { level: process.env.BENCH_LOG ?? 'warn' },
     });
     const info = await agent.call<{ url: string; addrs: string[] }>({ cmd: 'info' });
     fleet.push({ host: info.url.replace('http://', ''), url: info.url, addrs: info.addrs, process: agent });
   }
   for (const agent of fleet) {
-    for (let i = 0; i < 300 && (await peers(agent.url)) < count - 1; i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 300 && (await zoneMembers(agent.url)) < count; i++) await new Promise((r) => setTimeout(r, 100));
+    if ((await zoneMembers(agent.url)) < count) throw new Error(`agent ${agent.url} knows ${await zoneMembers(agent.url)} of ${count} members after 30 s`);
   }
   return fleet;
 }
 
-async function peers(url: string): Promise<number> {
+/** Live members of the agent's zone, itself included. */
+async function zoneMembers(url: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  return Number(/^shoal_peers (\S+)$/m.exec(text)?.[1] ?? 0);
+  return Number(/^shoal_members\{scope="zone"\} (\S+)$/m.exec(text)?.[1] ?? 0);
 }
 
 const rows: { naive: number; shoal: number; naiveEgress: number; shoalEgress: number; image: number }[] = [];
