@@ -93,7 +93,9 @@ describe('a rollout to sixteen agents, each given one bootstrap address', () => 
     } finally {
       for (const b of burners) b.kill('SIGKILL');
     }
-  });
+    // The pulls alone may take 240 s each (skopeoPull's bound); the suite's 120 s default cut a
+    // slow but correct loaded rollout short while other test files shared the two cores.
+  }, 400_000);
 
   it('holds with p2p.maxConnections below the fleet size, and no agent goes above it', async () => {
     const image = await fresh('team/bounded:v1');
