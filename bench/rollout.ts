@@ -71,8 +71,12 @@ async function startFleet(count: number, run: number): Promise<{ host: string; p
     fleet.push({ host: info.url.replace('http://', ''), url: info.url, addrs: info.addrs, process: agent });
   }
   for (const agent of fleet) {
-    for (let i = 0; i < 300 && (await zoneMembers(agent.url)) < count; i++) await new Promise((r) => setTimeout(r, 100));
-    if ((await zoneMembers(agent.url)) < count) throw new Error(`agent ${agent.url} knows ${await zoneMembers(agent.url)} of ${count} members after 30 s`);
+    let known = await zoneMembers(agent.url);
+    for (let i = 0; i < 300 && known < count; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      known = await zoneMembers(agent.url);
+    }
+    if (known < count) throw new Error(`agent ${agent.url} knows ${known} of ${count} members after 30 s`);
   }
   return fleet;
 }

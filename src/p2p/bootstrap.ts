@@ -139,7 +139,7 @@ export class Bootstrapper {
   /** "ip:port" → the peer id last seen there. */
   private readonly known = new Map<string, string>();
   private failedRounds = 0;
-  /** Why the last dial of a bootstrap address failed, for /status and diagnostics. */
+  /** Why the last failed dial of a bootstrap address failed, for diagnostics. */
   lastError: string | undefined;
 
   constructor(private readonly opts: BootstrapperOptions) {}

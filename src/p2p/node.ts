@@ -458,12 +458,12 @@ export class P2PNode implements BenchDialer {
     return this.membership.isLive(peerId);
   }
 
-  /** Open connections now, the most seen at once, and the bound. */
-  /** Why the last bootstrap dial failed, if one did (cleared by nothing: the last word). */
+  /** Why the last failed bootstrap dial failed, if one did (kept after a later success). */
   bootstrapError(): string | undefined {
     return this.bootstrapper.lastError;
   }
 
+  /** Open connections now, the most seen at once, and the bound. */
   connectionStats(): { open: number; peak: number; max: number } {
     return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max };
   }

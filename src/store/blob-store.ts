@@ -114,14 +114,15 @@ export class BlobStore {
     const blob = await this.get(digest);
     if (!blob) return undefined;
     const lease = this.lease(digest.value);
-    let stream: ReadStream | undefined;
-    try {
-      // Large reads keep per-chunk overhead low on multi-GiB blobs.
-      stream = await openReadStream(blob.path, { ...range, highWaterMark: READ_CHUNK });
-    } finally {
-      if (stream === undefined) lease.release();
+    // Large reads keep per-chunk overhead low on multi-GiB blobs.
+    const stream = await openReadStream(blob.path, { ...range, highWaterMark: READ_CHUNK }).catch((err: unknown) => {
+      lease.release();
+      throw err;
+    });
+    if (stream === undefined) {
+      lease.release();
+      return undefined;
     }
-    if (stream === undefined) return undefined;
     stream.once('close', () => lease.release());
     void this.touch(digest).catch(() => undefined);
     return stream;
