@@ -36,8 +36,13 @@ export class ConnectionBudget {
   private reserved: Array<{ peer: string; until: number }> = [];
   private peakSeen = 0;
   private idleBefore = new Set<string>();
-  /** Expiry times of inbound handshakes admitted but not yet open. */
-  private readonly pendingInbound: number[] = [];
+  /**
+   * Inbound handshakes admitted but not yet open, by the remote socket address, with their
+   * expiry. One that fails (the dialler gave up, the upgrade timed out) must give its place back
+   * at once: a seed full of dead handshakes refuses every joiner.
+   */
+  private readonly pendingInbound = new Map<string, number>();
+  private anonymous = 0;
   private readonly now: () => number;
 
   constructor(private readonly o: ConnectionBudgetOptions) {
@@ -53,18 +58,32 @@ export class ConnectionBudget {
     return this.peakSeen;
   }
 
-  /** Call on every opened connection. */
-  opened(peer: string, inbound = false): void {
-    if (inbound) this.pendingInbound.shift();
-    else {
+  /** What holds the budget now: open connections, inbound handshakes admitted, dials admitted. */
+  usage(): { open: number; handshakes: number; dials: number } {
+    this.used();
+    return { open: this.o.connections().length, handshakes: this.pendingInbound.size, dials: this.reserved.length };
+  }
+
+  /** Call on every opened connection; an inbound one with the remote address its handshake was admitted under. */
+  opened(peer: string, inbound = false, remote?: string): void {
+    if (inbound) {
+      // Without the address (or under another), the oldest handshake is taken for it.
+      const key = remote !== undefined && this.pendingInbound.has(remote) ? remote : this.pendingInbound.keys().next().value;
+      if (key !== undefined) this.pendingInbound.delete(key);
+    } else {
       const i = this.reserved.findIndex((r) => r.peer === peer);
       if (i >= 0) this.reserved.splice(i, 1);
     }
     this.peakSeen = Math.max(this.peakSeen, this.o.connections().length);
   }
 
-  /** Whether an inbound connection may be accepted now. */
-  async admitInbound(): Promise<boolean> {
+  /** An admitted inbound handshake ended (its socket closed), whether or not it opened. */
+  handshakeEnded(remote: string): void {
+    this.pendingInbound.delete(remote);
+  }
+
+  /** Whether an inbound connection from `remote` (its socket address) may be accepted now. */
+  async admitInbound(remote = `anonymous:${this.anonymous++}`): Promise<boolean> {
     if (this.used() >= this.o.max) {
       // An idle connection (a joiner a seed has answered, a finished DHT query) makes room.
       const idle = this.idle();
@@ -73,7 +92,7 @@ export class ConnectionBudget {
       if (this.used() >= this.o.max) return false;
     }
     // Handshakes in progress hold their place too: many arrive at once in a rollout.
-    this.pendingInbound.push(this.now() + (this.o.reserveMs ?? 15_000));
+    this.pendingInbound.set(remote, this.now() + (this.o.reserveMs ?? 15_000));
     return true;
   }
 
@@ -104,8 +123,8 @@ export class ConnectionBudget {
   private used(): number {
     const now = this.now();
     this.reserved = this.reserved.filter((r) => r.until > now);
-    while (this.pendingInbound.length > 0 && this.pendingInbound[0]! <= now) this.pendingInbound.shift();
-    return this.o.connections().length + this.pendingInbound.length + this.reserved.length;
+    for (const [remote, until] of this.pendingInbound) if (until <= now) this.pendingInbound.delete(remote);
+    return this.o.connections().length + this.pendingInbound.size + this.reserved.length;
   }
 
   private idle(): BudgetConnection | undefined {

@@ -127,6 +127,7 @@ export class P2PNode implements BenchDialer {
     private readonly blobServer: BlobServer,
     /** Who is in the fleet: the election and on-demand dials go by it. */
     readonly membership: Membership,
+    private readonly wire: MemberWire,
     private readonly budget: ConnectionBudget,
     opts: P2PStartOptions,
     log: Logger,
@@ -220,7 +221,13 @@ export class P2PNode implements BenchDialer {
         maxConnections: 2 * maxConnections,
       },
       connectionGater: {
-        denyInboundConnection: async () => !(await budget.admitInbound()),
+        denyInboundConnection: async (maConn) => {
+          const remote = maConn.remoteAddr.toString();
+          if (!(await budget.admitInbound(remote))) return true;
+          // Its place is given back when the socket closes, opened or not (see opened below).
+          maConn.addEventListener('close', () => budget.handshakeEnded(remote), { once: true });
+          return false;
+        },
         denyDialPeer: async (peer) => !(await budget.admitOutbound(peer.toString())),
         // A bare address (a bootstrap entry without /p2p/<id>) has no peer to reserve for yet.
         denyDialMultiaddr: async (ma) => (peerIdOf(ma) === undefined ? !(await budget.admitOutbound(`addr:${ma.toString()}`)) : false),
@@ -228,7 +235,11 @@ export class P2PNode implements BenchDialer {
       services,
     });
     node = libp2p;
-    libp2p.addEventListener('connection:open', (evt) => budget.opened(evt.detail.remotePeer.toString(), evt.detail.direction === 'inbound'));
+    libp2p.addEventListener('connection:open', (evt) => {
+      const c = evt.detail;
+      // The connection's address is the socket's, with the peer id the handshake learnt appended.
+      budget.opened(c.remotePeer.toString(), c.direction === 'inbound', c.remoteAddr.toString().split('/p2p/')[0]);
+    });
 
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
     const blobServer = new BlobServer({ blobs: opts.blobs, maxUploads, logger: log });
@@ -291,7 +302,7 @@ export class P2PNode implements BenchDialer {
     // would leave itself out of the answer.
     await libp2p.peerStore.merge(libp2p.peerId, { multiaddrs: libp2p.getMultiaddrs() });
 
-    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, budget, opts, log);
+    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, wire, budget, opts, log);
     p2p.watchPeers();
     if (opts.mdns) p2p.watchMdns();
     membership.start();
@@ -461,6 +472,17 @@ export class P2PNode implements BenchDialer {
   /** Why the last failed bootstrap dial failed, if one did (kept after a later success). */
   bootstrapError(): string | undefined {
     return this.bootstrapper.lastError;
+  }
+
+  /** What membership has cost this agent so far: frames and bytes, each way. */
+  membershipTraffic(): { framesSent: number; framesReceived: number; bytesSent: number; bytesReceived: number } {
+    const { framesSent, framesReceived } = this.membership.counters;
+    return { framesSent, framesReceived, ...this.wire.traffic };
+  }
+
+  /** Diagnostics: what holds the connection budget now. */
+  connectionUsage(): { open: number; handshakes: number; dials: number } {
+    return this.budget.usage();
   }
 
   /** Open connections now, the most seen at once, and the bound. */

@@ -91,6 +91,28 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     expect(open.map((c) => c.peer)).toEqual(['member', 'busy']);
   });
 
+  it('an admitted inbound handshake that fails gives its place back at once', async () => {
+    const { budget, add } = setup(2);
+    add('a', 1);
+    expect(await budget.admitInbound('/ip4/127.0.0.9/tcp/4001')).toBe(true);
+    // Full until the handshake ends: a joiner that gave up must not hold the seed for reserveMs.
+    expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/4001')).toBe(false);
+    budget.handshakeEnded('/ip4/127.0.0.9/tcp/4001');
+    expect(budget.usage()).toEqual({ open: 1, handshakes: 0, dials: 0 });
+    expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/4001')).toBe(true);
+  });
+
+  it('an inbound connection that opens takes the handshake admitted under its address', async () => {
+    const { budget, add } = setup(3);
+    expect(await budget.admitInbound('/ip4/127.0.0.9/tcp/1')).toBe(true);
+    expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/2')).toBe(true);
+    add('late', 1);
+    budget.opened('late', true, '/ip4/127.0.0.10/tcp/2');
+    // The other handshake still holds its place, and ends on its own.
+    budget.handshakeEnded('/ip4/127.0.0.9/tcp/1');
+    expect(budget.usage()).toEqual({ open: 1, handshakes: 0, dials: 0 });
+  });
+
   it('remembers the most connections seen open at once', () => {
     const { budget, add, open } = setup(10);
     add('a');

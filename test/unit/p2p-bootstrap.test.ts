@@ -126,6 +126,10 @@ describe('bootstrapping real nodes', () => {
     const port = Number(/\/tcp\/(\d+)/.exec(a.multiaddrs()[0]!)![1]);
     const b = await start('dns-b', { bootstrap: [`localhost:${port}`] });
     await until('B and A members of each other', () => b.isMember(a.peerId) && a.isMember(b.peerId) && b.members().length === 1);
+    // Membership's own traffic is counted each way; A hears only B, so never more than B sent.
+    await until('membership bytes both ways', () => a.membershipTraffic().bytesReceived > 0 && b.membershipTraffic().bytesReceived > 0);
+    expect(a.membershipTraffic().bytesReceived).toBeLessThanOrEqual(b.membershipTraffic().bytesSent);
+    expect(b.membershipTraffic().framesSent).toBeGreaterThan(0);
     // A bootstrap address is a way in, not a connection to hold forever.
     const tags = [...(await b.libp2p.peerStore.get(peerIdFromString(a.peerId))).tags.keys()];
     expect(tags).not.toContain(KEEP_ALIVE);

@@ -94,12 +94,15 @@ class WireLink implements Link {
     readonly peer: string,
     readonly outbound: boolean,
     private readonly stream: Stream,
+    private readonly traffic: WireTraffic,
   ) {}
 
   send(frame: Frame): void {
     if (this.closing || this.stream.writeStatus !== 'writable') return;
     // Control frames are small and few; a peer that stops reading loses the link to its timeout.
-    this.stream.send(encodeFrame(frame));
+    const bytes = encodeFrame(frame);
+    this.traffic.bytesSent += bytes.length;
+    this.stream.send(bytes);
   }
 
   close(): void {
@@ -109,8 +112,15 @@ class WireLink implements Link {
   }
 }
 
+/** Membership's own bytes on the wire, length prefixes included (libp2p framing not). */
+export interface WireTraffic {
+  bytesSent: number;
+  bytesReceived: number;
+}
+
 export class MemberWire implements LinkTransport {
   private membership: Membership | undefined;
+  readonly traffic: WireTraffic = { bytesSent: 0, bytesReceived: 0 };
 
   constructor(
     private readonly libp2p: Libp2p,
@@ -124,7 +134,7 @@ export class MemberWire implements LinkTransport {
 
   /** The inbound side: libp2p's handler for the protocol. */
   readonly handle = (stream: Stream, connection: Connection): void => {
-    this.run(new WireLink(connection.remotePeer.toString(), false, stream), stream);
+    this.run(new WireLink(connection.remotePeer.toString(), false, stream, this.traffic), stream);
   };
 
   async dial(target: { id?: string; addrs: string[] }): Promise<Link> {
@@ -137,7 +147,7 @@ export class MemberWire implements LinkTransport {
       conn = await this.libp2p.dial(addrs.length === 1 ? addrs[0]! : addrs, { signal });
     }
     const stream = await conn.newStream(this.protocol, { signal });
-    const link = new WireLink(conn.remotePeer.toString(), true, stream);
+    const link = new WireLink(conn.remotePeer.toString(), true, stream, this.traffic);
     this.run(link, stream);
     return link;
   }
@@ -157,6 +167,7 @@ export class MemberWire implements LinkTransport {
           if (await reader.ended()) break;
           const n = new DataView((await reader.readExactly(4)).slice().buffer).getUint32(0);
           if (n > MAX_FRAME_BYTES) throw new Error(`membership frame of ${n} bytes`);
+          this.traffic.bytesReceived += 4 + n;
           const frame = parseFrame(await reader.readExactly(n));
           if (frame === undefined) throw new Error('malformed membership frame');
           membership.received(link, frame);
