@@ -1,17 +1,35 @@
 /**
  * A Shoal agent in its own process for benchmarks, driven over IPC by the parent: it reports its
- * addresses, and on request times a raw libp2p stream from itself to a peer (the bench protocol),
- * so both measurements run between the same two processes.
+ * addresses and its view of the fleet, and on request times a raw libp2p stream from itself to a
+ * peer (the bench protocol), so both measurements run between the same two processes.
+ *
+ * argv[2]: the agent's config (JSON). argv[3], optional: `{"hosts": {name: [ip, ...]}}`, names
+ * the agent's bootstrap lookup resolves (a private /etc/hosts: the bench's stand-in for a headless
+ * Service's DNS name, without touching the machine's resolver).
  */
 import '../src/polyfill.js';
 import { Agent } from '../src/agent.js';
 import { parseConfig } from '../src/config/load.js';
+import type { Lookup } from '../src/p2p/bootstrap.js';
 import { rawStreamThroughput } from '../src/p2p/bench-protocol.js';
 
-type Command = { id: number; cmd: 'info' } | { id: number; cmd: 'raw'; peerId: string; bytes: number } | { id: number; cmd: 'stop' };
+type Command =
+  | { id: number; cmd: 'info' }
+  | { id: number; cmd: 'fleet' }
+  | { id: number; cmd: 'connections' }
+  | { id: number; cmd: 'raw'; peerId: string; bytes: number }
+  | { id: number; cmd: 'stop' };
 
 const config = parseConfig(JSON.parse(process.argv[2] ?? '{}'));
-const agent = await Agent.start(config, { benchProtocol: true });
+const hosts = (JSON.parse(process.argv[3] ?? '{}') as { hosts?: Record<string, string[]> }).hosts;
+const lookup: Lookup | undefined =
+  hosts &&
+  (async (name) => {
+    const ips = hosts[name];
+    if (ips === undefined) throw new Error(`bench lookup: no such name ${name}`);
+    return ips;
+  });
+const agent = await Agent.start(config, { benchProtocol: true, ...(lookup && { lookup }) });
 
 process.on('message', (message: Command) => {
   void (async () => {
@@ -19,6 +37,28 @@ process.on('message', (message: Command) => {
       switch (message.cmd) {
         case 'info':
           return reply(message.id, { url: agent.url, peerId: agent.p2p!.peerId, addrs: agent.p2p!.multiaddrs(), pid: process.pid });
+        case 'fleet': {
+          // What this agent knows of the fleet: live members of its zone (itself included).
+          const zone = config.p2p.zone;
+          const members = agent.p2p!.members();
+          return reply(message.id, {
+            zoneMembers: 1 + members.filter((m) => m.zone === zone).length,
+            allMembers: 1 + members.length,
+            connections: agent.p2p!.connectionStats(),
+            traffic: agent.p2p!.membershipTraffic(),
+          });
+        }
+        case 'connections':
+          // Diagnostics: every open connection and the protocols of its streams.
+          return reply(message.id, {
+            budget: agent.p2p!.connectionUsage(),
+            open: agent.p2p!.libp2p.getConnections().map((c) => ({
+              peer: c.remotePeer.toString(),
+              direction: c.direction,
+              ageMs: Math.round(Date.now() - c.timeline.open),
+              streams: c.streams.map((s) => s.protocol ?? '?'),
+            })),
+          });
         case 'raw':
           return reply(message.id, await rawStreamThroughput(agent.p2p!, message.peerId, message.bytes));
         case 'stop':

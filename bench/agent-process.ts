@@ -16,8 +16,8 @@ export class AgentProcess {
     });
   }
 
-  static async start(config: Record<string, unknown>): Promise<AgentProcess> {
-    const child = fork(resolve('bench/agent-child.ts'), [JSON.stringify(config)], {
+  static async start(config: Record<string, unknown>, extra: { hosts?: Record<string, string[]> } = {}): Promise<AgentProcess> {
+    const child = fork(resolve('bench/agent-child.ts'), [JSON.stringify(config), JSON.stringify(extra)], {
       execArgv: ['--import', 'tsx', ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []), ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [])],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });

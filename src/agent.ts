@@ -21,6 +21,7 @@ import { Metrics } from './metrics.js';
 import { OriginError } from './origin/errors.js';
 import { Upstreams } from './origin/upstreams.js';
 import type { LocalBlobs } from './p2p/blob-protocol.js';
+import type { Lookup } from './p2p/bootstrap.js';
 import { P2PNode } from './p2p/node.js';
 import { PeerBook } from './p2p/peer-book.js';
 import { tryParseDigest } from './oci/digest.js';
@@ -33,6 +34,8 @@ export interface AgentOptions {
   logger?: Logger;
   /** Serve the raw-stream bench protocol to peers (benchmarks only). */
   benchProtocol?: boolean;
+  /** Resolves bootstrap DNS names (default: the system's getaddrinfo); benchmarks inject one. */
+  lookup?: Lookup;
 }
 
 /**
@@ -116,6 +119,7 @@ export class Agent {
           maxUploads: config.p2p.maxUploadStreams,
           maxConnections: config.p2p.maxConnections,
           benchProtocol: opts.benchProtocol ?? false,
+          ...(opts.lookup !== undefined && { lookup: opts.lookup }),
           metricsRegistry: metrics.libp2p,
           logger,
           blobs: localBlobs(
