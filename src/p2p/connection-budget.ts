@@ -43,6 +43,8 @@ export class ConnectionBudget {
    */
   private readonly pendingInbound = new Map<string, number>();
   private anonymous = 0;
+  /** Admissions refused since start, each way (diagnostics). */
+  readonly refused = { inbound: 0, outbound: 0 };
   private readonly now: () => number;
 
   constructor(private readonly o: ConnectionBudgetOptions) {
@@ -59,9 +61,15 @@ export class ConnectionBudget {
   }
 
   /** What holds the budget now: open connections, inbound handshakes admitted, dials admitted. */
-  usage(): { open: number; handshakes: number; dials: number } {
+  usage(): { open: number; handshakes: number; dials: number; refusedInbound: number; refusedOutbound: number } {
     this.used();
-    return { open: this.o.connections().length, handshakes: this.pendingInbound.size, dials: this.reserved.length };
+    return {
+      open: this.o.connections().length,
+      handshakes: this.pendingInbound.size,
+      dials: this.reserved.length,
+      refusedInbound: this.refused.inbound,
+      refusedOutbound: this.refused.outbound,
+    };
   }
 
   /** Call on every opened connection; an inbound one with the remote address its handshake was admitted under. */
@@ -87,9 +95,9 @@ export class ConnectionBudget {
     if (this.used() >= this.o.max) {
       // An idle connection (a joiner a seed has answered, a finished DHT query) makes room.
       const idle = this.idle();
-      if (idle === undefined) return false;
+      if (idle === undefined) return this.refuse('inbound');
       await idle.close().catch(() => {});
-      if (this.used() >= this.o.max) return false;
+      if (this.used() >= this.o.max) return this.refuse('inbound');
     }
     // Handshakes in progress hold their place too: many arrive at once in a rollout.
     this.pendingInbound.set(remote, this.now() + (this.o.reserveMs ?? 15_000));
@@ -100,9 +108,9 @@ export class ConnectionBudget {
   async admitOutbound(peer: string): Promise<boolean> {
     if (this.used() >= this.o.max) {
       const idle = this.idle();
-      if (idle === undefined) return false;
+      if (idle === undefined) return this.refuse('outbound');
       await idle.close().catch(() => {});
-      if (this.used() >= this.o.max) return false;
+      if (this.used() >= this.o.max) return this.refuse('outbound');
     }
     this.reserved.push({ peer, until: this.now() + (this.o.reserveMs ?? 15_000) });
     return true;
@@ -118,6 +126,11 @@ export class ConnectionBudget {
     this.idleBefore = new Set(idleNow.filter((c) => !victims.includes(c)).map((c) => c.id));
     await Promise.all(victims.map((c) => c.close().catch(() => {})));
     return victims.length;
+  }
+
+  private refuse(way: 'inbound' | 'outbound'): false {
+    this.refused[way]++;
+    return false;
   }
 
   private used(): number {

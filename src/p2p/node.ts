@@ -220,6 +220,9 @@ export class P2PNode implements BenchDialer {
         // libp2p's own check refuses inbound at its limit before the gate is asked, so it sits above.
         maxConnections: 2 * maxConnections,
       },
+      // Off: it pings every connection every 10 s, a stream (and a peer-store write) each time.
+      // Membership links detect a dead peer themselves; other connections are dialled on demand.
+      connectionMonitor: { enabled: false },
       connectionGater: {
         denyInboundConnection: async (maConn) => {
           const remote = maConn.remoteAddr.toString();
@@ -481,7 +484,7 @@ export class P2PNode implements BenchDialer {
   }
 
   /** Diagnostics: what holds the connection budget now. */
-  connectionUsage(): { open: number; handshakes: number; dials: number } {
+  connectionUsage(): ReturnType<ConnectionBudget['usage']> {
     return this.budget.usage();
   }
 

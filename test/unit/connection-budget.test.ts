@@ -98,7 +98,7 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     // Full until the handshake ends: a joiner that gave up must not hold the seed for reserveMs.
     expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/4001')).toBe(false);
     budget.handshakeEnded('/ip4/127.0.0.9/tcp/4001');
-    expect(budget.usage()).toEqual({ open: 1, handshakes: 0, dials: 0 });
+    expect(budget.usage()).toMatchObject({ open: 1, handshakes: 0, dials: 0 });
     expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/4001')).toBe(true);
   });
 
@@ -110,7 +110,7 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     budget.opened('late', true, '/ip4/127.0.0.10/tcp/2');
     // The other handshake still holds its place, and ends on its own.
     budget.handshakeEnded('/ip4/127.0.0.9/tcp/1');
-    expect(budget.usage()).toEqual({ open: 1, handshakes: 0, dials: 0 });
+    expect(budget.usage()).toMatchObject({ open: 1, handshakes: 0, dials: 0 });
   });
 
   it('remembers the most connections seen open at once', () => {

@@ -34,6 +34,31 @@ describe('membership: SWIM-style over a bounded overlay (virtual time, modelled 
     expect(net.get('a001').members().filter((m) => m.zone === 'z1')).toHaveLength(29);
   });
 
+  it('with the default heartbeat, an idle link carries one one-way ping each way every 2 s, never an answer, and no one is suspected', async () => {
+    const net = new MemberNet(1, { targetLinks: 4, maxLinks: 6 });
+    for (let i = 0; i < 12; i++) {
+      const m = net.add(`b${String(i).padStart(2, '0')}`, `z${i % 2}`);
+      if (i > 0) void m.join({ addrs: ['/mem/b00'] });
+      await net.clock.advance(50);
+    }
+    await net.clock.advance(5_000);
+    const types: string[] = [];
+    const deliver = net.deliver.bind(net);
+    net.deliver = (link, frame) => {
+      types.push(frame.t);
+      deliver(link, frame);
+    };
+    const links = [...net.nodes.keys()].reduce((sum, id) => sum + net.linksOf(id), 0) / 2;
+    await net.clock.advance(60_000);
+    const pings = types.filter((t) => t === 'ping').length;
+    // 30 heartbeats per link direction in 60 s (a ping and its pong each second made 120 per link).
+    expect(pings).toBeGreaterThanOrEqual(links * 2 * 28);
+    expect(pings).toBeLessThanOrEqual(links * 2 * 31);
+    expect(types).not.toContain('pong');
+    expect(types).not.toContain('gossip'); // nothing changed: no one was suspected
+    expect(liveViews(net)).toEqual(new Array(12).fill(11));
+  });
+
   it('a killed agent is suspected, then forgotten after the suspicion time, not before', async () => {
     const net = await fleet(30);
     await net.clock.advance(2_000);

@@ -8,8 +8,9 @@ import { isLive, MemberTable, type Member, type MemberInfo, type MemberUpdate } 
  * member (alive / suspect / dead / left, with its incarnation) is flooded along the links: an
  * agent forwards only what changed its own table, so each piece of news crosses each link at
  * most once each way and reaches everyone in a few hops. Failure detection is the links
- * themselves: a link that closes without a goodbye, or stays silent past `linkTimeoutMs` (idle
- * links carry a ping every `pingIntervalMs`), makes its peer a suspect; a suspect that does not
+ * themselves: a link that closes without a goodbye, or stays silent past `linkTimeoutMs` (each
+ * side of an idle link sends a one-way heartbeat every `pingIntervalMs`; nothing answers it, as
+ * each side watches its own receipt), makes its peer a suspect; a suspect that does not
  * refute (by raising its incarnation) within `suspicionMs` is declared dead. A join is one full
  * state exchange with any agent (a bootstrap address), after which the joiner links to random
  * members; full exchanges with a random neighbour repeat at an interval that grows with log N
@@ -42,6 +43,7 @@ export type Frame =
   | { t: 'sync'; members: MemberUpdate[]; reply: boolean }
   | { t: 'gossip'; updates: MemberUpdate[] }
   | { t: 'ping' }
+  /** Sent by agents before 2026-12: a ping's answer. Accepted and ignored. */
   | { t: 'pong' }
   | { t: 'bye'; reason: 'trim' | 'leave' };
 
@@ -123,7 +125,8 @@ export class Membership {
     this.o = {
       targetLinks: 6,
       maxLinks: 10,
-      pingIntervalMs: 1_000,
+      // A heartbeat each way every 2 s: 2.5 of them fit in the silence that makes a suspect.
+      pingIntervalMs: 2_000,
       linkTimeoutMs: 5_000,
       suspicionMs: 5_000,
       syncIntervalMs: 20_000,
@@ -142,6 +145,11 @@ export class Membership {
     return this.o.self.id;
   }
 
+  /** Checks run twice per heartbeat interval, so a heartbeat goes out at most half of one late. */
+  private get tickMs(): number {
+    return this.o.pingIntervalMs / 2;
+  }
+
   /** This agent as its news. */
   selfUpdate(): MemberUpdate {
     return { ...this.o.self, state: this.leaving ? 'left' : 'alive', incarnation: this.incarnation };
@@ -151,9 +159,9 @@ export class Membership {
     const tick = (): void => {
       if (this.stopped) return;
       this.tick();
-      this.tickTimer = this.o.clock.setTimeout(tick, this.o.pingIntervalMs);
+      this.tickTimer = this.o.clock.setTimeout(tick, this.tickMs);
     };
-    this.tickTimer = this.o.clock.setTimeout(tick, this.o.pingIntervalMs);
+    this.tickTimer = this.o.clock.setTimeout(tick, this.tickMs);
   }
 
   /** Joins through an address: a full state exchange with whoever answers there. */
@@ -265,8 +273,6 @@ export class Membership {
         this.learn(frame.updates, link.peer, true);
         return;
       case 'ping':
-        this.send(link.peer, { t: 'pong' });
-        return;
       case 'pong':
         return;
       case 'bye':
