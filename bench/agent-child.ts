@@ -52,6 +52,11 @@ process.on('message', (message: Command) => {
           // Diagnostics: every open connection and the protocols of its streams.
           return reply(message.id, {
             budget: agent.p2p!.connectionUsage(),
+            neighbours: agent.p2p!.membership.neighbours().length,
+            joined: agent.p2p!.membership.joined(),
+            members: agent.p2p!.members().length,
+            bootstrapError: agent.p2p!.bootstrapError(),
+            dialQueue: agent.p2p!.libp2p.getDialQueue().map((d) => ({ status: d.status, peer: d.peerId?.toString(), addrs: d.multiaddrs.map(String) })),
             open: agent.p2p!.libp2p.getConnections().map((c) => ({
               peer: c.remotePeer.toString(),
               direction: c.direction,

@@ -135,6 +135,8 @@ async function convergence(fleet: Member[], since: number, timeoutMs = Number(pr
       const behind = fleet.filter((m) => views[m.index]!.zoneMembers < zoneSize(m.zone)).map((m) => `agent ${m.index}: ${views[m.index]!.zoneMembers}`);
       // Where joiners got stuck: what the seed was holding.
       console.error('the first agent\'s connections:', JSON.stringify(await fleet[0]!.process.call({ cmd: 'connections' })));
+      const stuck = fleet.find((m) => views[m.index]!.zoneMembers <= 1);
+      if (stuck !== undefined) console.error(`agent ${stuck.index} (knows no one):`, JSON.stringify(await stuck.process.call({ cmd: 'connections' })));
       throw new Error(`membership did not converge in ${timeoutMs / 1000} s; behind: ${behind.join(', ')}`);
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -154,6 +156,8 @@ interface Row {
   peakRss: Map<string, number>;
   idleFrames: number[];
   idleBytes: number[];
+  /** CPU-seconds per second of each agent at rest (after convergence, before the rollout). */
+  idleCpu: number[];
 }
 
 const rows: Row[] = [];
@@ -184,13 +188,18 @@ try {
 
     const fleet: Member[] = [];
     try {
+      console.error(`naive pulls took ${naive.toFixed(1)} s; starting ${n} agents`);
+      const startedAt = performance.now();
       const lastStarted = await startFleet(run, fleet);
+      console.error(`${n} agents started in ${((lastStarted - startedAt) / 1000).toFixed(1)} s; waiting for membership`);
       const converge = await convergence(fleet, lastStarted);
 
       // Membership's cost at rest: frames and bytes each agent sends per second.
       const before = await Promise.all(fleet.map(view));
+      const idleCpuBefore = await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)));
       await new Promise((r) => setTimeout(r, idleSeconds * 1000));
       const after = await Promise.all(fleet.map(view));
+      const idleCpu = (await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)))).map((c, i) => (c - idleCpuBefore[i]!) / idleSeconds);
       const idleFrames = after.map((v, i) => (v.traffic.framesSent - before[i]!.traffic.framesSent) / idleSeconds);
       const idleBytes = after.map((v, i) => (v.traffic.bytesSent - before[i]!.traffic.bytesSent) / idleSeconds);
 
@@ -228,6 +237,7 @@ try {
         peakRss: perZone((ms) => Math.max(...ms.map((m) => rsses[m.index]!))),
         idleFrames,
         idleBytes,
+        idleCpu,
       };
       rows.push(row);
       console.log(
@@ -240,7 +250,7 @@ try {
                 `CPU ${row.cpu.get(z)!.toFixed(1)} s, largest RSS ${row.peakRss.get(z)!.toFixed(0)} MiB`,
             )
             .join('; ') +
-          `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s)`,
+          `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)})`,
       );
     } finally {
       // Also when something failed: no agent process may outlive the bench.
@@ -267,7 +277,7 @@ try {
   }
   console.log(
     `  every pull verified (skopeo checks each blob's digest); membership at rest per agent: ` +
-      `${med((r) => median(r.idleFrames)).toFixed(1)} frames/s, ${med((r) => median(r.idleBytes)).toFixed(0)} B/s sent (median agent)`,
+      `${med((r) => median(r.idleFrames)).toFixed(1)} frames/s, ${med((r) => median(r.idleBytes)).toFixed(0)} B/s sent, agent CPU at rest ${(1000 * med((r) => median(r.idleCpu))).toFixed(0)} ms/s (median agent)`,
   );
 } finally {
   for (const proxy of zoneProxies.values()) await proxy.stop();
