@@ -44,7 +44,7 @@ export class ConnectionBudget {
   private readonly pendingInbound = new Map<string, number>();
   private anonymous = 0;
   /** Admissions refused since start, each way (diagnostics). */
-  readonly refused = { inbound: 0, outbound: 0 };
+  private readonly refused = { inbound: 0, outbound: 0 };
   private readonly now: () => number;
 
   constructor(private readonly o: ConnectionBudgetOptions) {
