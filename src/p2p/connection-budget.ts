@@ -6,9 +6,23 @@
  * link, a few seconds old), and is refused if there is none.
  */
 
+/** libp2p's own housekeeping: identify, its push, ping. */
+const HOUSEKEEPING = ['/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0', '/ipfs/ping/1.0.0'];
+
+/**
+ * How many of a connection's streams carry work that closing it would lose (blob bytes, piece
+ * news, a fetch request, a membership exchange). Identify, ping and DHT streams do not: they
+ * are retried elsewhere, and counting them let a seed fill up with connections that only
+ * pinged or answered a DHT query, refusing every joiner. A stream still negotiating counts.
+ */
+export function workStreams(protocols: ReadonlyArray<string | undefined>, dhtProtocol: string): number {
+  return protocols.filter((p) => p === undefined || p === '' || !(HOUSEKEEPING.includes(p) || p === dhtProtocol)).length;
+}
+
 export interface BudgetConnection {
   readonly id: string;
   readonly peer: string;
+  /** Streams carrying work (see workStreams): a connection with none is idle. */
   readonly streams: number;
   readonly openedAt: number;
   close(): Promise<void>;

@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
 import { Bootstrapper, hostPortKey, parseBootstrapEntry, peerIdOf, type Lookup } from './bootstrap.js';
-import { ConnectionBudget } from './connection-budget.js';
+import { ConnectionBudget, workStreams } from './connection-budget.js';
 import { Membership, realClock, type MembershipOptions } from './membership/membership.js';
 import { MemberWire, membersProtocolId } from './membership/member-wire.js';
 import type { Member } from './membership/member-table.js';
@@ -181,9 +181,11 @@ export class P2PNode implements BenchDialer {
         (node?.getConnections() ?? []).map((c) => ({
           id: c.id,
           peer: c.remotePeer.toString(),
-          streams: c.streams.length,
+          streams: workStreams(c.streams.map((st) => st.protocol), protocols.dht),
           openedAt: c.timeline.open,
-          close: () => c.close(),
+          // An eviction must not wait on the streams it ends (a DHT query, a ping): the joiner
+          // waiting for this place times out meanwhile. Half a second of grace, then abort.
+          close: () => c.close({ signal: AbortSignal.timeout(500) }).catch((err: Error) => c.abort(err)),
         })),
       keep: (peer) => linked(peer),
       now: () => Date.now(),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConnectionBudget, type BudgetConnection } from '../../src/p2p/connection-budget.js';
+import { ConnectionBudget, workStreams, type BudgetConnection } from '../../src/p2p/connection-budget.js';
 
 function setup(max: number, keep: string[] = []) {
   let now = 10_000;
@@ -121,5 +121,15 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     open.pop();
     budget.opened('a');
     expect(budget.peak).toBe(2);
+  });
+
+  it('counts as work every stream but identify, ping and the DHT, so those never pin a connection', () => {
+    const dht = '/shoal/kad/1.0.0';
+    expect(workStreams(['/ipfs/id/1.0.0', '/ipfs/ping/1.0.0', '/ipfs/id/push/1.0.0', dht], dht)).toBe(0);
+    expect(workStreams(['/shoal/blob/1.0.0', '/shoal/members/1.0.0', dht], dht)).toBe(2);
+    // A stream still negotiating may become anything: it counts.
+    expect(workStreams([undefined, ''], dht)).toBe(2);
+    // Another prefix's DHT is not ours to discount.
+    expect(workStreams(['/ipfs/kad/1.0.0'], dht)).toBe(1);
   });
 });
