@@ -38,6 +38,11 @@ export interface ConnectionBudgetOptions {
   reserveMs?: number;
   /** A connection younger than this is never closed as idle (identify may not have run yet). */
   minIdleAgeMs?: number;
+  /**
+   * Places only inbound connections may take. Without them an agent's own dials (DHT pings,
+   * providers) can fill its budget, and a seed then turns every joiner away.
+   */
+  inboundReserve?: number;
 }
 
 export class ConnectionBudget {
@@ -120,11 +125,12 @@ export class ConnectionBudget {
 
   /** Whether a new connection to `peer` may be dialled; may close an idle connection to make room. */
   async admitOutbound(peer: string): Promise<boolean> {
-    if (this.used() >= this.o.max) {
+    const limit = this.o.max - (this.o.inboundReserve ?? 0);
+    if (this.used() >= limit) {
       const idle = this.idle();
       if (idle === undefined) return this.refuse('outbound');
       await idle.close().catch(() => {});
-      if (this.used() >= this.o.max) return this.refuse('outbound');
+      if (this.used() >= limit) return this.refuse('outbound');
     }
     this.reserved.push({ peer, until: this.now() + (this.o.reserveMs ?? 15_000) });
     return true;

@@ -161,6 +161,11 @@ export class P2PNode implements BenchDialer {
         kBucketSize: 20,
         allowQueryWithZeroPeers: true,
         initialQuerySelfInterval: 200,
+        // It pings every new contact (and old ones when a bucket is full), each a dial to a
+        // peer not connected: one at a time, so a seed that hears of a whole fleet at once
+        // does not spend its connection budget and CPU on them.
+        pingNewContactConcurrency: 1,
+        pingOldContactConcurrency: 1,
         reprovide: {
           validity: PROVIDER_VALIDITY_MS,
           threshold: PROVIDER_VALIDITY_MS / 2,
@@ -191,6 +196,7 @@ export class P2PNode implements BenchDialer {
       now: () => Date.now(),
       // libp2p gives a dial (and an inbound upgrade) 10 s; the place is held a little longer.
       reserveMs: 12_000,
+      inboundReserve: inboundReserve(maxConnections),
     });
 
     const libp2p = await createLibp2p<Services>({
@@ -678,6 +684,11 @@ export class P2PNode implements BenchDialer {
 export function mdnsServiceTag(prefix: string): string {
   const name = prefix.split('/').filter((p) => p !== '').join('-').replace(/[^a-zA-Z0-9-]/g, '') || 'shoal';
   return `_${name}._udp.local`;
+}
+
+/** Places of a connection budget kept for inbound connections (joiners, peers fetching): an eighth, 1 to 8. */
+export function inboundReserve(maxConnections: number): number {
+  return Math.max(1, Math.min(8, Math.floor(maxConnections / 8)));
 }
 
 /** Membership link counts for a connection budget: 6 to 10 links, fewer under a small budget. */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConnectionBudget, workStreams, type BudgetConnection } from '../../src/p2p/connection-budget.js';
 
-function setup(max: number, keep: string[] = []) {
+function setup(max: number, keep: string[] = [], inboundReserve = 0) {
   let now = 10_000;
   const open: BudgetConnection[] = [];
   const add = (peer: string, streams = 0, openedAt = 0): void => {
@@ -16,7 +16,7 @@ function setup(max: number, keep: string[] = []) {
     };
     open.push(c);
   };
-  const budget = new ConnectionBudget({ max, connections: () => open, keep: (p) => keep.includes(p), now: () => now, reserveMs: 1_000 });
+  const budget = new ConnectionBudget({ max, connections: () => open, keep: (p) => keep.includes(p), now: () => now, reserveMs: 1_000, inboundReserve });
   return { budget, open, add, advance: (ms: number) => (now += ms) };
 }
 
@@ -131,5 +131,16 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     expect(workStreams([undefined, ''], dht)).toBe(2);
     // Another prefix's DHT is not ours to discount.
     expect(workStreams(['/ipfs/kad/1.0.0'], dht)).toBe(1);
+  });
+
+  it('keeps its inbound reserve from its own dials: a seed full of them still admits a joiner', async () => {
+    const { budget, add } = setup(4, [], 1);
+    add('a', 1);
+    add('b', 1);
+    expect(await budget.admitOutbound('c')).toBe(true);
+    // Three of four places used: the last is for inbound only.
+    expect(await budget.admitOutbound('d')).toBe(false);
+    expect(await budget.admitInbound('/ip4/127.0.0.9/tcp/1')).toBe(true);
+    expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/1')).toBe(false);
   });
 });
