@@ -118,13 +118,8 @@ export class ConnectionBudget {
 
   /** Whether an inbound connection from `remote` (its socket address) may be accepted now. */
   async admitInbound(remote = `anonymous:${this.anonymous++}`): Promise<boolean> {
-    if (this.used() >= this.o.max) {
-      // An idle connection (a joiner a seed has answered, a finished DHT query) makes room.
-      const idle = this.idle();
-      if (idle === undefined) return this.refuse('inbound');
-      await idle.close().catch(() => {});
-      if (this.used() >= this.o.max) return this.refuse('inbound');
-    }
+    // An idle connection (a joiner a seed has answered, a finished DHT query) makes room.
+    if (!(await this.room(this.o.max))) return this.refuse('inbound');
     // Handshakes in progress hold their place too: many arrive at once in a rollout.
     this.pendingInbound.set(remote, this.now() + (this.o.reserveMs ?? 15_000));
     return true;
@@ -132,13 +127,7 @@ export class ConnectionBudget {
 
   /** Whether a new connection to `peer` may be dialled; may close an idle connection to make room. */
   async admitOutbound(peer: string): Promise<boolean> {
-    const limit = this.o.max - (this.o.inboundReserve ?? 0);
-    if (this.used() >= limit) {
-      const idle = this.idle();
-      if (idle === undefined) return this.refuse('outbound');
-      await idle.close().catch(() => {});
-      if (this.used() >= limit) return this.refuse('outbound');
-    }
+    if (!(await this.room(this.o.max - (this.o.inboundReserve ?? 0)))) return this.refuse('outbound');
     this.reserved.push({ peer, until: this.now() + (this.o.reserveMs ?? 15_000) });
     return true;
   }
@@ -148,11 +137,22 @@ export class ConnectionBudget {
    * one between two requests is not taken for idle; answers how many.
    */
   async reap(): Promise<number> {
-    const idleNow = this.o.connections().filter((c) => c.streams === 0 && !this.o.keep(c.peer));
+    const open = this.o.connections();
+    this.forgetClosed(open);
+    const idleNow = open.filter((c) => c.streams === 0 && !this.o.keep(c.peer));
     const victims = idleNow.filter((c) => this.idleBefore.has(c.id));
     this.idleBefore = new Set(idleNow.filter((c) => !victims.includes(c)).map((c) => c.id));
     await Promise.all(victims.map((c) => c.close().catch(() => {})));
     return victims.length;
+  }
+
+  /** Whether a place under `limit` is free, after closing the oldest idle connection if need be. */
+  private async room(limit: number): Promise<boolean> {
+    if (this.used() < limit) return true;
+    const idle = this.idle();
+    if (idle === undefined) return false;
+    await idle.close().catch(() => {});
+    return this.used() < limit;
   }
 
   private refuse(way: 'inbound' | 'outbound'): false {
@@ -171,11 +171,16 @@ export class ConnectionBudget {
     const now = this.now();
     const minAge = this.o.minIdleAgeMs ?? 2_000;
     const open = this.o.connections();
-    const ids = new Set(open.map((c) => c.id));
-    for (const id of this.upgraded.keys()) if (!ids.has(id)) this.upgraded.delete(id);
+    this.forgetClosed(open);
     const since = (c: BudgetConnection): number => Math.max(c.openedAt, this.upgraded.get(c.id) ?? c.openedAt);
     return open
       .filter((c) => c.streams === 0 && !this.o.keep(c.peer) && now - since(c) >= minAge)
       .sort((a, b) => a.openedAt - b.openedAt)[0];
+  }
+
+  /** Drops the handshake times of closed connections (reap runs periodically, so this stays bounded). */
+  private forgetClosed(open: BudgetConnection[]): void {
+    const ids = new Set(open.map((c) => c.id));
+    for (const id of this.upgraded.keys()) if (!ids.has(id)) this.upgraded.delete(id);
   }
 }
