@@ -62,12 +62,6 @@ export class ConnectionBudget {
    */
   private readonly pendingInbound = new Map<string, number>();
   private anonymous = 0;
-  /**
-   * When each connection finished its handshake, by id. A connection's own open time is when
-   * its socket was accepted; under load the handshake can take seconds, and a joiner's
-   * connection must not look idle the moment it opens, before its first stream.
-   */
-  private readonly upgraded = new Map<string, number>();
   /** Admissions refused since start, each way (diagnostics). */
   private readonly refused = { inbound: 0, outbound: 0 };
   private readonly now: () => number;
@@ -98,8 +92,7 @@ export class ConnectionBudget {
   }
 
   /** Call on every opened connection; an inbound one with the remote address its handshake was admitted under. */
-  opened(peer: string, inbound = false, remote?: string, id?: string): void {
-    if (id !== undefined) this.upgraded.set(id, this.now());
+  opened(peer: string, inbound = false, remote?: string): void {
     if (inbound) {
       // Without the address (or under another), the oldest handshake is taken for it.
       const key = remote !== undefined && this.pendingInbound.has(remote) ? remote : this.pendingInbound.keys().next().value;
@@ -137,9 +130,7 @@ export class ConnectionBudget {
    * one between two requests is not taken for idle; answers how many.
    */
   async reap(): Promise<number> {
-    const open = this.o.connections();
-    this.forgetClosed(open);
-    const idleNow = open.filter((c) => c.streams === 0 && !this.o.keep(c.peer));
+    const idleNow = this.o.connections().filter((c) => c.streams === 0 && !this.o.keep(c.peer));
     const victims = idleNow.filter((c) => this.idleBefore.has(c.id));
     this.idleBefore = new Set(idleNow.filter((c) => !victims.includes(c)).map((c) => c.id));
     await Promise.all(victims.map((c) => c.close().catch(() => {})));
@@ -170,17 +161,9 @@ export class ConnectionBudget {
   private idle(): BudgetConnection | undefined {
     const now = this.now();
     const minAge = this.o.minIdleAgeMs ?? 2_000;
-    const open = this.o.connections();
-    this.forgetClosed(open);
-    const since = (c: BudgetConnection): number => Math.max(c.openedAt, this.upgraded.get(c.id) ?? c.openedAt);
-    return open
-      .filter((c) => c.streams === 0 && !this.o.keep(c.peer) && now - since(c) >= minAge)
+    return this.o
+      .connections()
+      .filter((c) => c.streams === 0 && !this.o.keep(c.peer) && now - c.openedAt >= minAge)
       .sort((a, b) => a.openedAt - b.openedAt)[0];
-  }
-
-  /** Drops the handshake times of closed connections (reap runs periodically, so this stays bounded). */
-  private forgetClosed(open: BudgetConnection[]): void {
-    const ids = new Set(open.map((c) => c.id));
-    for (const id of this.upgraded.keys()) if (!ids.has(id)) this.upgraded.delete(id);
   }
 }

@@ -196,8 +196,6 @@ export class P2PNode implements BenchDialer {
       now: () => Date.now(),
       // libp2p gives a dial (and an inbound upgrade) 10 s; the place is held a little longer.
       reserveMs: 12_000,
-      // A joiner opens its membership stream after identify; on a loaded node that takes seconds.
-      minIdleAgeMs: 5_000,
       inboundReserve: inboundReserve(maxConnections),
     });
 
@@ -251,7 +249,7 @@ export class P2PNode implements BenchDialer {
     libp2p.addEventListener('connection:open', (evt) => {
       const c = evt.detail;
       // The connection's address is the socket's, with the peer id the handshake learnt appended.
-      budget.opened(c.remotePeer.toString(), c.direction === 'inbound', c.remoteAddr.toString().split('/p2p/')[0], c.id);
+      budget.opened(c.remotePeer.toString(), c.direction === 'inbound', c.remoteAddr.toString().split('/p2p/')[0]);
     });
 
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
