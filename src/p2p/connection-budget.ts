@@ -55,6 +55,8 @@ export class ConnectionBudget {
   private reserved: Array<{ peer: string; until: number }> = [];
   private peakSeen = 0;
   private idleBefore = new Set<string>();
+  /** Connections being closed to make room, by id. */
+  private readonly evicting = new Set<string>();
   /**
    * Inbound handshakes admitted but not yet open, by the remote socket address, with their
    * expiry. One that fails (the dialler gave up, the upgrade timed out) must give its place back
@@ -112,16 +114,20 @@ export class ConnectionBudget {
   /** Whether an inbound connection from `remote` (its socket address) may be accepted now. */
   async admitInbound(remote = `anonymous:${this.anonymous++}`): Promise<boolean> {
     // An idle connection (a joiner a seed has answered, a finished DHT query) makes room.
-    if (!(await this.room(this.o.max))) return this.refuse('inbound');
     // Handshakes in progress hold their place too: many arrive at once in a rollout.
-    this.pendingInbound.set(remote, this.now() + (this.o.reserveMs ?? 15_000));
+    const claimed = this.claim(this.o.max, () => this.pendingInbound.set(remote, this.now() + (this.o.reserveMs ?? 15_000)));
+    if (claimed === false) return this.refuse('inbound');
+    await claimed;
     return true;
   }
 
   /** Whether a new connection to `peer` may be dialled; may close an idle connection to make room. */
   async admitOutbound(peer: string): Promise<boolean> {
-    if (!(await this.room(this.o.max - (this.o.inboundReserve ?? 0)))) return this.refuse('outbound');
-    this.reserved.push({ peer, until: this.now() + (this.o.reserveMs ?? 15_000) });
+    const claimed = this.claim(this.o.max - (this.o.inboundReserve ?? 0), () =>
+      this.reserved.push({ peer, until: this.now() + (this.o.reserveMs ?? 15_000) }),
+    );
+    if (claimed === false) return this.refuse('outbound');
+    await claimed;
     return true;
   }
 
@@ -137,13 +143,26 @@ export class ConnectionBudget {
     return victims.length;
   }
 
-  /** Whether a place under `limit` is free, after closing the oldest idle connection if need be. */
-  private async room(limit: number): Promise<boolean> {
-    if (this.used() < limit) return true;
-    const idle = this.idle();
-    if (idle === undefined) return false;
-    await idle.close().catch(() => {});
-    return this.used() < limit;
+  /**
+   * Takes a place under `limit` at once, or refuses. At the limit it picks the oldest idle
+   * connection, takes that one's place, and resolves when it has closed, so the new connection
+   * never opens beside it. Checking and taking happen in one synchronous step, and a connection
+   * being closed is neither counted nor picked again: admissions arriving during an eviction
+   * (which waits on the remote) once all took the one place it freed.
+   */
+  private claim(limit: number, take: () => void): Promise<void> | false {
+    if (this.used() < limit) {
+      take();
+      return Promise.resolve();
+    }
+    const victim = this.idle();
+    if (victim === undefined) return false;
+    this.evicting.add(victim.id);
+    take();
+    return victim
+      .close()
+      .catch(() => {})
+      .finally(() => this.evicting.delete(victim.id));
   }
 
   private refuse(way: 'inbound' | 'outbound'): false {
@@ -155,14 +174,18 @@ export class ConnectionBudget {
     const now = this.now();
     this.reserved = this.reserved.filter((r) => r.until > now);
     for (const [remote, until] of this.pendingInbound) if (until <= now) this.pendingInbound.delete(remote);
-    return this.o.connections().length + this.pendingInbound.size + this.reserved.length;
+    return this.live().length + this.pendingInbound.size + this.reserved.length;
+  }
+
+  /** Open connections, less those being closed to make room (their places are taken already). */
+  private live(): BudgetConnection[] {
+    return this.o.connections().filter((c) => !this.evicting.has(c.id));
   }
 
   private idle(): BudgetConnection | undefined {
     const now = this.now();
     const minAge = this.o.minIdleAgeMs ?? 2_000;
-    return this.o
-      .connections()
+    return this.live()
       .filter((c) => c.streams === 0 && !this.o.keep(c.peer) && now - c.openedAt >= minAge)
       .sort((a, b) => a.openedAt - b.openedAt)[0];
   }

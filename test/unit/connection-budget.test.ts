@@ -143,4 +143,25 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     expect(await budget.admitInbound('/ip4/127.0.0.9/tcp/1')).toBe(true);
     expect(await budget.admitInbound('/ip4/127.0.0.10/tcp/1')).toBe(false);
   });
+
+  it('two admissions at the limit never evict the same idle connection: the second is refused while the first closes it', async () => {
+    const { budget, add, open } = setup(2);
+    add('busy', 1);
+    add('idle', 0, 0);
+    // An eviction takes time (libp2p waits for the remote's close), and admissions arrive meanwhile.
+    const idle = open[1]!;
+    let closed!: () => void;
+    const closing = new Promise<void>((resolve) => (closed = resolve));
+    idle.close = async () => {
+      await closing;
+      open.splice(open.indexOf(idle), 1);
+    };
+    const first = budget.admitInbound('/ip4/127.0.0.2/tcp/1');
+    const second = budget.admitInbound('/ip4/127.0.0.3/tcp/1');
+    const third = budget.admitOutbound('peer-x');
+    closed();
+    expect(await Promise.all([first, second, third])).toEqual([true, false, false]);
+    // One busy connection and one handshake admitted: the limit, never above it.
+    expect(budget.usage()).toMatchObject({ open: 1, handshakes: 1, dials: 0 });
+  });
 });
