@@ -144,6 +144,34 @@ describe('membership: SWIM-style over a bounded overlay (virtual time, modelled 
     for (const id of net.nodes.keys()) if (id !== 'late') expect(net.get(id).isLive('late')).toBe(true);
     expect(net.get('late').members()).toHaveLength(30);
   });
+
+  it.each([
+    [16, 3, 5],
+    [64, 6, 10],
+  ])('at rest, %i agents with %i–%i links each dial and trim nothing: the last joiners do not livelock against full members', async (n, targetLinks, maxLinks) => {
+    const net = new MemberNet(1, { targetLinks, maxLinks });
+    for (let i = 0; i < n; i++) {
+      const m = net.add(`c${String(i).padStart(2, '0')}`, `z${i % 2}`);
+      if (i > 0) void m.join({ addrs: ['/mem/c00'] });
+      await net.clock.advance(50);
+    }
+    await net.clock.advance(30_000);
+    const types: string[] = [];
+    const deliver = net.deliver.bind(net);
+    net.deliver = (link, frame) => {
+      types.push(frame.t);
+      deliver(link, frame);
+    };
+    await net.clock.advance(60_000);
+    // Before: the last joiners, below their target, dialled full members that trimmed them at
+    // once, ≈40,000 hellos and goodbyes a minute.
+    expect(types.filter((t) => t === 'hello' || t === 'bye')).toEqual([]);
+    expect(liveViews(net)).toEqual(new Array(n).fill(n - 1));
+    for (const id of net.nodes.keys()) {
+      expect(net.linksOf(id)).toBeGreaterThanOrEqual(1);
+      expect(net.linksOf(id)).toBeLessThanOrEqual(maxLinks);
+    }
+  });
 });
 
 describe('membership news precedence and frames', () => {

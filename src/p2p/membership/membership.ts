@@ -280,11 +280,16 @@ export class Membership {
         if (frame.reason === 'leave') {
           const m = this.table.get(link.peer);
           if (m !== undefined) this.learn([{ ...m, state: 'left' }], link.peer, true);
+        } else {
+          // A full member turned us away: asking it again at once, or the next full one, was a
+          // livelock (the last joiners of a fleet dialled and were trimmed thousands of times a
+          // minute at rest). It is left alone for a while, and the next tick dials one other.
+          this.backoff.set(link.peer, this.o.clock.now() + this.o.dialBackoffMs);
         }
         this.links.delete(link.peer);
         link.close();
         this.o.onChange?.();
-        this.fill();
+        if (frame.reason === 'leave' || this.links.size === 0) this.fill();
         return;
     }
   }
@@ -382,7 +387,8 @@ export class Membership {
     this.table.sweep(now - this.o.tombstoneMs);
     for (const [peer, until] of this.backoff) if (until <= now) this.backoff.delete(peer);
     if (this.links.size > this.o.maxLinks) this.trim();
-    this.fill();
+    // Linked already: news reaches this agent, so more links can come one per tick.
+    this.fill(this.links.size > 0 ? 1 : Infinity);
     if (now >= this.nextSync && this.links.size > 0) {
       const peers = [...this.links.keys()];
       const peer = peers[Math.floor(this.random() * peers.length)]!;
@@ -392,10 +398,10 @@ export class Membership {
   }
 
   /** Dials random members until the link target is met, half of them in this agent's zone. */
-  private fill(): void {
+  private fill(atMost = Infinity): void {
     if (this.stopped || this.leaving) return;
     if (this.links.size === 0 && this.synced) this.stale = true;
-    let wanted = this.o.targetLinks - this.links.size - this.dialing.size;
+    let wanted = Math.min(atMost, this.o.targetLinks - this.links.size - this.dialing.size);
     if (wanted <= 0) return;
     const candidates = this.table.live().filter((m) => !this.links.has(m.id) && !this.dialing.has(m.id) && !this.backoff.has(m.id) && m.addrs.length > 0);
     const zone = this.o.self.zone;
