@@ -62,7 +62,7 @@ const zoneSize = (zone: string) => Array.from({ length: n }, (_, i) => zoneOf(i)
 interface FleetView {
   zoneMembers: number;
   allMembers: number;
-  connections: { open: number; peak: number; max: number };
+  connections: { open: number; peak: number; max: number; opened: number };
   traffic: { framesSent: number; framesReceived: number; bytesSent: number; bytesReceived: number };
 }
 
@@ -156,6 +156,8 @@ interface Row {
   peakRss: Map<string, number>;
   idleFrames: number[];
   idleBytes: number[];
+  /** Connections opened per second, the whole fleet, at rest (each counted at both ends). */
+  idleOpens: number;
   /** CPU-seconds per second of each agent at rest (after convergence, before the rollout). */
   idleCpu: number[];
 }
@@ -202,6 +204,7 @@ try {
       const idleCpu = (await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)))).map((c, i) => (c - idleCpuBefore[i]!) / idleSeconds);
       const idleFrames = after.map((v, i) => (v.traffic.framesSent - before[i]!.traffic.framesSent) / idleSeconds);
       const idleBytes = after.map((v, i) => (v.traffic.bytesSent - before[i]!.traffic.bytesSent) / idleSeconds);
+      const idleOpens = after.reduce((sum, v, i) => sum + v.connections.opened - before[i]!.connections.opened, 0) / idleSeconds;
 
       // The rollout: every node pulls the fresh image through its own agent, at once.
       origin.setRateLimit(uplink);
@@ -237,6 +240,7 @@ try {
         peakRss: perZone((ms) => Math.max(...ms.map((m) => rsses[m.index]!))),
         idleFrames,
         idleBytes,
+        idleOpens,
         idleCpu,
       };
       rows.push(row);
@@ -250,7 +254,7 @@ try {
                 `CPU ${row.cpu.get(z)!.toFixed(1)} s, largest RSS ${row.peakRss.get(z)!.toFixed(0)} MiB`,
             )
             .join('; ') +
-          `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)})`,
+          `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)}); connections opened at rest, fleet-wide: ${idleOpens.toFixed(1)}/s`,
       );
     } finally {
       // Also when something failed: no agent process may outlive the bench.

@@ -93,8 +93,12 @@ export class ConnectionBudget {
     };
   }
 
+  /** Connections opened since start, each way (diagnostics: the churn at rest). */
+  readonly openedCount = { inbound: 0, outbound: 0 };
+
   /** Call on every opened connection; an inbound one with the remote address its handshake was admitted under. */
   opened(peer: string, inbound = false, remote?: string): void {
+    this.openedCount[inbound ? 'inbound' : 'outbound']++;
     if (inbound) {
       // Without the address (or under another), the oldest handshake is taken for it.
       const key = remote !== undefined && this.pendingInbound.has(remote) ? remote : this.pendingInbound.keys().next().value;

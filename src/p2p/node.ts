@@ -1,5 +1,5 @@
 import { identify, type Identify } from '@libp2p/identify';
-import { type Libp2p, type PeerDiscovery, type PeerId, type Stream } from '@libp2p/interface';
+import { KEEP_ALIVE, type Libp2p, type PeerDiscovery, type PeerId, type Stream } from '@libp2p/interface';
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht';
 import { mdns } from '@libp2p/mdns';
 import { noise } from '@libp2p/noise';
@@ -497,8 +497,9 @@ export class P2PNode implements BenchDialer {
   }
 
   /** Open connections now, the most seen at once, and the bound. */
-  connectionStats(): { open: number; peak: number; max: number } {
-    return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max };
+  connectionStats(): { open: number; peak: number; max: number; opened: number } {
+    const { inbound, outbound } = this.budget.openedCount;
+    return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max, opened: inbound + outbound };
   }
 
   /** Idle connections (no stream, not a membership link) are closed after a while. */
@@ -641,6 +642,16 @@ export class P2PNode implements BenchDialer {
   }
 
   private watchPeers(): void {
+    // kad-dht tags its 20 closest peers keep-alive, and libp2p re-dials a keep-alive peer on
+    // every disconnect. Shoal dials on demand and lets idle connections go (the reaper, the
+    // budget's evictions): together they made a connection churn at rest, a new handshake every
+    // few seconds per agent, that also crowded a seed's budget while a fleet was joining.
+    this.libp2p.addEventListener('peer:update', (evt) => {
+      const { peer } = evt.detail;
+      const keepAlive = [...peer.tags.keys()].filter((tag) => tag.startsWith(KEEP_ALIVE));
+      if (keepAlive.length === 0) return;
+      void this.libp2p.peerStore.merge(peer.id, { tags: Object.fromEntries(keepAlive.map((tag) => [tag, undefined])) }).catch(() => {});
+    });
     this.libp2p.addEventListener('peer:identify', (evt) => {
       const { peerId, agentVersion: av, connection } = evt.detail;
       const id = peerId.toString();

@@ -334,6 +334,27 @@ describe('P2PNode lifecycle', () => {
     expect(await b.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([a.peerId]);
   });
 
+  it('keeps no DHT peer alive: nothing is tagged for libp2p to re-dial after an idle connection is closed', async () => {
+    const a = await start('alive-a', new MemoryBlobs());
+    const b = await start('alive-b', new MemoryBlobs(), { bootstrap: [a.multiaddrs()[0]!] });
+    await until('routing tables filled', () => routingTableSize(a) >= 1 && routingTableSize(b) >= 1);
+    // kad-dht tags its closest peers keep-alive every 5 s; libp2p re-dials those on every
+    // disconnect, which with the idle reaper made a connection churn at rest.
+    const tagged = async (): Promise<string[]> => {
+      const [pa, pb] = await Promise.all([b.libp2p.peerStore.get(a.libp2p.peerId), a.libp2p.peerStore.get(b.libp2p.peerId)]);
+      return [...pa.tags.keys(), ...pb.tags.keys()];
+    };
+    const seen = new Set<string>();
+    const deadline = performance.now() + 7_000;
+    while (performance.now() < deadline) {
+      for (const tag of await tagged()) seen.add(tag);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(await tagged()).not.toContainEqual(expect.stringMatching(/^keep-alive/));
+    // The DHT did tag them (so the check above saw something happen): its other tag stays.
+    expect([...seen]).toContain('kad-close');
+  });
+
   it('stop() during a transfer fails the reader and returns promptly', async () => {
     const d = fakeDigest('cut off');
     const blobs = new MemoryBlobs();
