@@ -7,14 +7,25 @@ import { MemberNet } from '../helpers/member-net.js';
 const opts = { targetLinks: 4, maxLinks: 6, pingIntervalMs: 1_000, linkTimeoutMs: 5_000, suspicionMs: 5_000 };
 
 /** `n` agents in `zones` zones, each given the first one's address, joining 50 ms apart. */
-async function fleet(n: number, zones = 2): Promise<MemberNet> {
-  const net = new MemberNet(1, opts);
+async function fleet(n: number, zones = 2, options: ConstructorParameters<typeof MemberNet>[1] = opts): Promise<MemberNet> {
+  const net = new MemberNet(1, options);
   for (let i = 0; i < n; i++) {
     const m = net.add(`a${String(i).padStart(3, '0')}`, `z${i % zones}`);
     if (i > 0) void m.join({ addrs: ['/mem/a000'] });
     await net.clock.advance(50);
   }
   return net;
+}
+
+/** The type of every frame delivered from now on. */
+function recordFrames(net: MemberNet): string[] {
+  const types: string[] = [];
+  const deliver = net.deliver.bind(net);
+  net.deliver = (link, frame) => {
+    types.push(frame.t);
+    deliver(link, frame);
+  };
+  return types;
 }
 
 function liveViews(net: MemberNet): number[] {
@@ -35,19 +46,9 @@ describe('membership: SWIM-style over a bounded overlay (virtual time, modelled 
   });
 
   it('with the default heartbeat, an idle link carries one one-way ping each way every 2 s, never an answer, and no one is suspected', async () => {
-    const net = new MemberNet(1, { targetLinks: 4, maxLinks: 6 });
-    for (let i = 0; i < 12; i++) {
-      const m = net.add(`b${String(i).padStart(2, '0')}`, `z${i % 2}`);
-      if (i > 0) void m.join({ addrs: ['/mem/b00'] });
-      await net.clock.advance(50);
-    }
+    const net = await fleet(12, 2, { targetLinks: 4, maxLinks: 6 });
     await net.clock.advance(5_000);
-    const types: string[] = [];
-    const deliver = net.deliver.bind(net);
-    net.deliver = (link, frame) => {
-      types.push(frame.t);
-      deliver(link, frame);
-    };
+    const types = recordFrames(net);
     const links = [...net.nodes.keys()].reduce((sum, id) => sum + net.linksOf(id), 0) / 2;
     await net.clock.advance(60_000);
     const pings = types.filter((t) => t === 'ping').length;
@@ -149,19 +150,9 @@ describe('membership: SWIM-style over a bounded overlay (virtual time, modelled 
     [16, 3, 5],
     [64, 6, 10],
   ])('at rest, %i agents with %i–%i links each dial and trim nothing: the last joiners do not livelock against full members', async (n, targetLinks, maxLinks) => {
-    const net = new MemberNet(1, { targetLinks, maxLinks });
-    for (let i = 0; i < n; i++) {
-      const m = net.add(`c${String(i).padStart(2, '0')}`, `z${i % 2}`);
-      if (i > 0) void m.join({ addrs: ['/mem/c00'] });
-      await net.clock.advance(50);
-    }
+    const net = await fleet(n, 2, { targetLinks, maxLinks });
     await net.clock.advance(30_000);
-    const types: string[] = [];
-    const deliver = net.deliver.bind(net);
-    net.deliver = (link, frame) => {
-      types.push(frame.t);
-      deliver(link, frame);
-    };
+    const types = recordFrames(net);
     await net.clock.advance(60_000);
     // Before: the last joiners, below their target, dialled full members that trimmed them at
     // once, ≈40,000 hellos and goodbyes a minute.
