@@ -58,12 +58,13 @@ describe('containerd pulling through the agent', () => {
   it('pulls an image through the agent, which fetched every blob from the origin once', async () => {
     origin.reset();
     const pull = await containerd.pull(`${origin.host}/team/app:v1`, { hostsDir, namespace: 'first' });
-    // ctr's progress display logs "active check failed … context canceled" when the pull ends
-    // while it polls the content store (a race in ctr itself, seen more often now that the
-    // config is already there); any other error line is a failure.
+    // ctr's progress display logs "active check failed" or "failed to get content info", each
+    // with error="context canceled", when the pull ends while it polls the content store (a
+    // race in ctr itself, seen more often now that the config is already there); any other
+    // error line is a failure, and the exit code and every blob's digest are checked below.
     const stderr = pull.stderr
       .split('\n')
-      .filter((line) => !/msg="active check failed" error="context canceled"/.test(line))
+      .filter((line) => !/msg="(active check failed|failed to get content info)" error="context canceled"/.test(line))
       .join('\n');
     expect(stderr).not.toMatch(/error|failed/i);
     expect(pull.code).toBe(0);
