@@ -93,12 +93,16 @@ export class ConnectionBudget {
     };
   }
 
-  /** Connections opened since start, each way (diagnostics: the churn at rest). */
-  readonly openedCount = { inbound: 0, outbound: 0 };
+  private openedTotal = 0;
+
+  /** Connections opened since start, both ways (diagnostics: the churn at rest). */
+  get openedCount(): number {
+    return this.openedTotal;
+  }
 
   /** Call on every opened connection; an inbound one with the remote address its handshake was admitted under. */
   opened(peer: string, inbound = false, remote?: string): void {
-    this.openedCount[inbound ? 'inbound' : 'outbound']++;
+    this.openedTotal++;
     if (inbound) {
       // Without the address (or under another), the oldest handshake is taken for it.
       const key = remote !== undefined && this.pendingInbound.has(remote) ? remote : this.pendingInbound.keys().next().value;

@@ -498,8 +498,7 @@ export class P2PNode implements BenchDialer {
 
   /** Open connections now, the most seen at once, and the bound. */
   connectionStats(): { open: number; peak: number; max: number; opened: number } {
-    const { inbound, outbound } = this.budget.openedCount;
-    return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max, opened: inbound + outbound };
+    return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max, opened: this.budget.openedCount };
   }
 
   /** Idle connections (no stream, not a membership link) are closed after a while. */
@@ -646,6 +645,7 @@ export class P2PNode implements BenchDialer {
     // every disconnect. Shoal dials on demand and lets idle connections go (the reaper, the
     // budget's evictions): together they made a connection churn at rest, a new handshake every
     // few seconds per agent, that also crowded a seed's budget while a fleet was joining.
+    // kad-dht 16 has no option for its closest-peer set, so the tags are taken off here.
     this.libp2p.addEventListener('peer:update', (evt) => {
       const { peer } = evt.detail;
       const keepAlive = [...peer.tags.keys()].filter((tag) => tag.startsWith(KEEP_ALIVE));
