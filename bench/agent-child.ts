@@ -46,6 +46,8 @@ process.on('message', (message: Command) => {
             allMembers: 1 + members.length,
             connections: agent.p2p!.connectionStats(),
             traffic: agent.p2p!.membershipTraffic(),
+            // Why this agent went to the origin for blobs it was not elected for.
+            fallbacks: Object.fromEntries((await agent.metrics.originFallbacks.get()).values.map((v) => [String(v.labels.reason), v.value])),
           });
         }
         case 'connections':

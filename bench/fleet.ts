@@ -64,6 +64,7 @@ interface FleetView {
   allMembers: number;
   connections: { open: number; peak: number; max: number; opened: number };
   traffic: { framesSent: number; framesReceived: number; bytesSent: number; bytesReceived: number };
+  fallbacks: Record<string, number>;
 }
 
 interface Member {
@@ -226,6 +227,11 @@ try {
       origin.setRateLimit(null);
 
       const views = await Promise.all(fleet.map(view));
+      // Origin fetches beyond the elected ones, fleet-wide, by reason (a stampede shows here).
+      const fallbacks = new Map<string, number>();
+      for (const [i, v] of views.entries()) {
+        for (const [reason, count] of Object.entries(v.fallbacks)) fallbacks.set(reason, (fallbacks.get(reason) ?? 0) + count - (before[i]!.fallbacks[reason] ?? 0));
+      }
       const rsses = await Promise.all(fleet.map(async (m) => (await rss(m.process.pid)).peak));
       const perZone = (f: (members: Member[]) => number) => new Map(zoneNames.map((z) => [z, f(fleet.filter((m) => m.zone === z))]));
       const row: Row = {
@@ -254,7 +260,8 @@ try {
                 `CPU ${row.cpu.get(z)!.toFixed(1)} s, largest RSS ${row.peakRss.get(z)!.toFixed(0)} MiB`,
             )
             .join('; ') +
-          `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)}); connections opened at rest, fleet-wide: ${idleOpens.toFixed(1)}/s`,
+          `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)}); connections opened at rest, fleet-wide: ${idleOpens.toFixed(1)}/s; ` +
+          `origin fallbacks (fetches by agents not elected): ${[...fallbacks].map(([r, c]) => `${r} ${c}`).join(', ') || 'none'}`,
       );
     } finally {
       // Also when something failed: no agent process may outlive the bench.

@@ -14,9 +14,11 @@
  * No stampede: an agent goes to the origin itself only when it is the fetcher (elected, or
  * asked by a peer), or when the fetchers of `maxFailovers + 1` consecutive ranks failed it.
  * A fetcher that does not answer is failed over only after `fetcherTimeoutMs` without any
- * answer (three times that while membership holds it alive: it is busy, not gone), and to the next-ranked member of the same deterministic order every agent of the
- * zone computes, so a slow fetcher under load costs at most one extra origin fetch, not one per
- * waiting agent. A fetcher that left membership is failed over at once.
+ * answer (three times that while membership holds it alive: it is busy, not gone), and to the
+ * next-ranked member of the same deterministic order every agent of the zone computes, so a
+ * slow fetcher costs at most one extra origin fetch, not one per waiting agent. One that said
+ * it is downloading is not failed over for silence at all while membership holds it alive (only
+ * after `fetchWaitMs`). A fetcher that left membership is failed over at once.
  */
 
 /** How many fetcher timeouts a fetcher that membership holds alive may go without answering. */
@@ -111,9 +113,16 @@ export class HolderSearch {
       if (!this.requested) return this.enter({ state: 'requesting', fetchers });
       return this.failover(o, 'fetcher stopped fetching');
     }
+    const alive = fetchers.some((f) => o.liveness(f) === 'alive');
+    // It said it is downloading, and membership still hears from it: an unanswered poll means a
+    // loaded peer, not a lost one. Failing it over here was the stampede under load (each
+    // failover is one more origin fetch of the blob); its death shows in membership instead.
+    if (this.waitingSince !== undefined && alive) {
+      if (o.now - this.waitingSince >= this.ctx.fetchWaitMs) return this.enter({ state: 'origin', holders: o.remote, reason: 'fetcher too slow' });
+      return this.enter({ state: 'retrying', fetchers });
+    }
     // A fetcher membership holds alive is busy (slow, at its connection limit), not gone: it
     // gets three times as long; a suspected one the plain timeout.
-    const alive = fetchers.some((f) => o.liveness(f) === 'alive');
     if (o.now - this.heard >= this.ctx.fetcherTimeoutMs * (alive ? ALIVE_PATIENCE : 1)) return this.failover(o, 'fetcher did not answer');
     return this.enter({ state: 'retrying', fetchers });
   }

@@ -36,6 +36,13 @@ export interface ConnectionBudgetOptions {
   now?: () => number;
   /** A dial admitted but not yet connected holds its place this long at most. */
   reserveMs?: number;
+  /**
+   * Whether a dial admitted under `peer` (a peer id, or `addr:<multiaddr>`) is still under way.
+   * libp2p tells nobody when a dial fails: without this, a failed dial held its place until
+   * reserveMs, and in a rollout at the limit dials refused by full peers held half an agent's
+   * budget, so it refused joiners and fetchers meanwhile.
+   */
+  dialing?(peer: string): boolean;
   /** A connection younger than this is never closed as idle (identify may not have run yet). */
   minIdleAgeMs?: number;
   /**
@@ -93,6 +100,14 @@ export class ConnectionBudget {
     };
   }
 
+  /** What each open connection is, for the log line of a refusal: age (s), work streams, kept. */
+  describe(): string[] {
+    const now = this.now();
+    return this.o.connections().map(
+      (c) => `${c.peer.slice(-6)} ${((now - c.openedAt) / 1000).toFixed(1)}s ${c.streams}w${this.kept(c, this.o.connections()) ? ' link' : ''}${this.evicting.has(c.id) ? ' evicting' : ''}`,
+    );
+  }
+
   private openedTotal = 0;
 
   /** Connections opened since start, both ways (diagnostics: the churn at rest). */
@@ -144,7 +159,8 @@ export class ConnectionBudget {
    * one between two requests is not taken for idle; answers how many.
    */
   async reap(): Promise<number> {
-    const idleNow = this.o.connections().filter((c) => c.streams === 0 && !this.o.keep(c.peer));
+    const all = this.o.connections();
+    const idleNow = all.filter((c) => c.streams === 0 && !this.kept(c, all));
     const victims = idleNow.filter((c) => this.idleBefore.has(c.id));
     this.idleBefore = new Set(idleNow.filter((c) => !victims.includes(c)).map((c) => c.id));
     await Promise.all(victims.map((c) => c.close().catch(() => {})));
@@ -180,7 +196,7 @@ export class ConnectionBudget {
 
   private used(): number {
     const now = this.now();
-    this.reserved = this.reserved.filter((r) => r.until > now);
+    this.reserved = this.reserved.filter((r) => r.until > now && (this.o.dialing?.(r.peer) ?? true));
     for (const [remote, until] of this.pendingInbound) if (until <= now) this.pendingInbound.delete(remote);
     return this.live().length + this.pendingInbound.size + this.reserved.length;
   }
@@ -190,11 +206,24 @@ export class ConnectionBudget {
     return this.o.connections().filter((c) => !this.evicting.has(c.id));
   }
 
+  /**
+   * Whether a connection is kept open: it is a membership link's, i.e. the busiest connection to
+   * a linked peer (the oldest among equals). Both sides dialling at once leaves two connections,
+   * and the idle twin of a link, once kept with it, held a place for the link's whole life.
+   */
+  private kept(c: BudgetConnection, all: BudgetConnection[]): boolean {
+    if (!this.o.keep(c.peer)) return false;
+    const twins = all.filter((o) => o.peer === c.peer);
+    if (twins.length === 1) return true;
+    return twins.sort((a, b) => b.streams - a.streams || a.openedAt - b.openedAt || (a.id < b.id ? -1 : 1))[0] === c;
+  }
+
   private idle(): BudgetConnection | undefined {
     const now = this.now();
     const minAge = this.o.minIdleAgeMs ?? 2_000;
-    return this.live()
-      .filter((c) => c.streams === 0 && !this.o.keep(c.peer) && now - c.openedAt >= minAge)
+    const live = this.live();
+    return live
+      .filter((c) => c.streams === 0 && !this.kept(c, live) && now - c.openedAt >= minAge)
       .sort((a, b) => a.openedAt - b.openedAt)[0];
   }
 }

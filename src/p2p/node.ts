@@ -193,6 +193,12 @@ export class P2PNode implements BenchDialer {
           close: () => c.close({ signal: AbortSignal.timeout(500) }).catch((err: Error) => c.abort(err)),
         })),
       keep: (peer) => linked(peer),
+      // The gate is asked from inside libp2p's dial job, so the job is queued while its dial lives.
+      dialing: (key) =>
+        node === undefined ||
+        node
+          .getDialQueue()
+          .some((d) => (key.startsWith('addr:') ? d.multiaddrs.some((ma) => ma.toString() === key.slice(5)) : d.peerId?.toString() === key)),
       now: () => Date.now(),
       // libp2p gives a dial (and an inbound upgrade) 10 s; the place is held a little longer.
       reserveMs: 12_000,
@@ -234,7 +240,10 @@ export class P2PNode implements BenchDialer {
       connectionGater: {
         denyInboundConnection: async (maConn) => {
           const remote = maConn.remoteAddr.toString();
-          if (!(await budget.admitInbound(remote))) return true;
+          if (!(await budget.admitInbound(remote))) {
+            log.debug({ remote, ...budget.usage(), held: budget.describe() }, 'p2p inbound connection refused: budget full');
+            return true;
+          }
           // Its place is given back when the socket closes, opened or not (see opened below).
           maConn.addEventListener('close', () => budget.handshakeEnded(remote), { once: true });
           return false;

@@ -164,4 +164,37 @@ describe('ConnectionBudget: p2p.maxConnections as a hard bound', () => {
     // One busy connection and one handshake admitted: the limit, never above it.
     expect(budget.usage()).toMatchObject({ open: 1, handshakes: 1, dials: 0 });
   });
+
+  it('a dial that failed gives its place back at once, not when its reservation expires', async () => {
+    const inFlight = new Set<string>();
+    const budget = new ConnectionBudget({ max: 2, connections: () => [], keep: () => false, reserveMs: 60_000, dialing: (p) => inFlight.has(p) });
+    for (const p of ['a', 'b']) {
+      expect(await budget.admitOutbound(p)).toBe(true);
+      inFlight.add(p);
+    }
+    expect(await budget.admitInbound('/ip4/127.0.0.2/tcp/1')).toBe(false);
+    // The dial to 'a' was refused by a full peer: libp2p's dial queue no longer holds it.
+    inFlight.delete('a');
+    expect(budget.usage()).toMatchObject({ dials: 1 });
+    expect(await budget.admitInbound('/ip4/127.0.0.2/tcp/1')).toBe(true);
+  });
+
+  it('the idle twin of a membership link (both sides dialled at once) makes room; the link does not', async () => {
+    const { budget, open } = setup(2, ['linked']);
+    const conn = (id: string, streams: number, openedAt: number): BudgetConnection => ({
+      id,
+      peer: 'linked',
+      streams,
+      openedAt,
+      close: async () => {
+        open.splice(open.indexOf(open.find((c) => c.id === id)!), 1);
+      },
+    });
+    open.push(conn('link', 1, 0), conn('twin', 0, 100));
+    expect(await budget.admitInbound('/ip4/127.0.0.2/tcp/1')).toBe(true);
+    expect(open.map((c) => c.id)).toEqual(['link']);
+    // The link's own connection, idle or not, is never closed for room.
+    open[0] = conn('link', 0, 0);
+    expect(await budget.admitInbound('/ip4/127.0.0.3/tcp/1')).toBe(false);
+  });
 });

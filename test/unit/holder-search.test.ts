@@ -86,9 +86,28 @@ describe('HolderSearch: the planner decision, one transition at a time', () => {
 
   it('an answer from the fetcher restarts its timeout', () => {
     const s = new HolderSearch(ctx);
+    const suspect = { liveness: () => 'suspect' as const };
     s.observe(seen({ now: 9_000, pending: ['f1'] }));
-    expect(s.observe(seen({ now: 38_000, unreachable: ['f1'] })).state).toBe('retrying');
-    expect(s.observe(seen({ now: 39_000, unreachable: ['f1'] })).state).toBe('asking');
+    expect(s.observe(seen({ now: 18_999, unreachable: ['f1'], ...suspect })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 19_000, unreachable: ['f1'], ...suspect })).state).toBe('asking');
+  });
+
+  it('a fetcher that said it is downloading and that membership holds alive is never failed over for silence, only after fetchWaitMs', () => {
+    // A loaded machine: its long polls time out. Failing it over was one more origin fetch.
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ now: 1_000, pending: ['f1'] }));
+    expect(s.observe(seen({ now: 40_000, unreachable: ['f1'] }))).toEqual({ state: 'retrying', fetchers: ['f1'] });
+    expect(s.observe(seen({ now: 60_999, unreachable: ['f1'] })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 61_000, unreachable: ['f1'] }))).toEqual({ state: 'origin', holders: [], reason: 'fetcher too slow' });
+  });
+
+  it('a fetcher that accepted a request is waited for in the same way', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ refused: ['f1'] }));
+    s.requestAnswered(5, ['f1'], false);
+    expect(s.observe(seen({ now: 45_000, unreachable: ['f1'] })).state).toBe('retrying');
+    // Once membership suspects it, the plain timeout counts from its last answer.
+    expect(s.observe(seen({ now: 45_001, unreachable: ['f1'], liveness: () => 'suspect' }))).toEqual({ state: 'asking', fetchers: ['f2'] });
   });
 
   it('a fetcher that left membership is failed over at once', () => {
