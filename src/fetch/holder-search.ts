@@ -57,7 +57,7 @@ export interface Observation {
   /** Whether the DHT has been asked for providers yet. */
   consulted: boolean;
   /** What membership says of a peer now. */
-  liveness(peer: string): 'alive' | 'suspect' | 'gone';
+  liveness(peer: string): 'alive' | 'suspect' | 'dead' | 'gone';
 }
 
 export type Step =
@@ -99,7 +99,9 @@ export class HolderSearch {
       return this.enter({ state: 'origin', holders: o.remote, reason: this.fetcherReason() });
     }
     const fetchers = this.fetchers();
-    // A fetcher that left the fleet is replaced at once: every agent sees the same ranking.
+    // A fetcher that left the fleet is replaced at once: every agent sees the same ranking. One
+    // declared dead gets the plain timeout below instead: death is an inference, and under load
+    // members declared each other dead by the dozen and refuted it seconds later.
     if (fetchers.every((f) => o.liveness(f) === 'gone')) return this.failover(o, 'fetcher left');
     const answered = fetchers.filter((f) => o.pending.includes(f) || o.refused.includes(f));
     if (answered.length > 0) this.heard = o.now;

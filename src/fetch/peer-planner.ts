@@ -34,7 +34,7 @@ export interface Swarm {
   /** Live members of the fleet, this agent excluded, connected or not. */
   members(): { id: string; zone: string }[];
   isMember(peerId: string): boolean;
-  liveness(peerId: string): 'alive' | 'suspect' | 'gone';
+  liveness(peerId: string): 'alive' | 'suspect' | 'dead' | 'gone';
   requestFetch(peerId: string, request: { registry: string; repository: string; digest: string }, opts?: { signal?: AbortSignal }): Promise<boolean>;
 }
 

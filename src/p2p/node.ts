@@ -479,8 +479,8 @@ export class P2PNode implements BenchDialer {
     return this.membership.members().map((m: Member) => ({ id: m.id, zone: m.zone }));
   }
 
-  /** `alive`, `suspect` or `gone`, as membership has it. */
-  liveness(peerId: string): 'alive' | 'suspect' | 'gone' {
+  /** As membership has it (see Membership.liveness). */
+  liveness(peerId: string): 'alive' | 'suspect' | 'dead' | 'gone' {
     return this.membership.liveness(peerId);
   }
 

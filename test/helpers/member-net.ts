@@ -44,7 +44,7 @@ async function settle(): Promise<void> {
 /** A modelled network of Membership instances: frames arrive after `latencyMs`. */
 export class MemberNet {
   readonly clock = new VirtualClock();
-  readonly nodes = new Map<string, { membership: Membership; zone: string; up: boolean; silent: boolean }>();
+  readonly nodes = new Map<string, { membership: Membership; zone: string; up: boolean; silent: boolean; frozenUntil: number }>();
   private readonly links = new Set<MemLink>();
   private seed = 1;
 
@@ -60,15 +60,21 @@ export class MemberNet {
   };
 
   add(id: string, zone: string, incarnation = 1): Membership {
+    // Each agent's timers go through its own view of the clock, so one can be starved of CPU.
+    const clock: Clock = {
+      now: () => this.clock.now(),
+      setTimeout: (fn, ms) => this.clock.setTimeout(() => this.whenAwake(id, fn, 0), ms),
+      clearTimeout: (t) => this.clock.clearTimeout(t),
+    };
     const membership = new Membership({
       self: { id, zone, addrs: [`/mem/${id}`] },
-      clock: this.clock,
+      clock,
       incarnation,
       random: this.random,
       transport: { dial: (target) => this.dial(id, target) },
       ...this.options,
     });
-    this.nodes.set(id, { membership, zone, up: true, silent: false });
+    this.nodes.set(id, { membership, zone, up: true, silent: false, frozenUntil: 0 });
     membership.start();
     return membership;
   }
@@ -95,6 +101,21 @@ export class MemberNet {
     this.nodes.get(id)!.silent = true;
   }
 
+  /**
+   * The process gets no CPU for `ms` (a loaded machine): its timers and the frames that reach it
+   * wait, and when it runs again its timers fire before it reads what arrived, as Node's event
+   * loop runs expired timers before polling sockets.
+   */
+  starve(id: string, ms: number): void {
+    this.nodes.get(id)!.frozenUntil = this.clock.now() + ms;
+  }
+
+  private whenAwake(id: string, fn: () => void, after: number): void {
+    const until = this.nodes.get(id)?.frozenUntil ?? 0;
+    if (until > this.clock.now()) this.clock.setTimeout(fn, until - this.clock.now() + after);
+    else fn();
+  }
+
   linksOf(id: string): number {
     return this.get(id).neighbours().length;
   }
@@ -118,11 +139,12 @@ export class MemberNet {
   deliver(link: MemLink, frame: Frame): void {
     const sender = this.nodes.get(link.from)!;
     if (!sender.up || sender.silent || link.cut) return;
-    this.clock.setTimeout(() => {
+    const receive = (): void => {
       const to = this.nodes.get(link.peer);
       if (!to?.up || to.silent || !this.links.has(link.other!)) return;
       to.membership.received(link.other!, JSON.parse(JSON.stringify(frame)) as Frame);
-    }, this.latencyMs);
+    };
+    this.clock.setTimeout(() => this.whenAwake(link.peer, receive, 1), this.latencyMs);
   }
 
   /** Both ends learn the link ended, after what was sent before (a stream delivers in order). */
@@ -131,9 +153,16 @@ export class MemberNet {
     link.cut = link.other!.cut = true;
     this.clock.setTimeout(() => {
       for (const end of [link, link.other!]) {
-        this.links.delete(end);
-        const node = this.nodes.get(end.from);
-        if (node?.up) node.membership.closed(end);
+        // A starved end reads what was sent before the close first, then the close.
+        this.whenAwake(
+          end.from,
+          () => {
+            this.links.delete(end);
+            const node = this.nodes.get(end.from);
+            if (node?.up) node.membership.closed(end);
+          },
+          1,
+        );
       }
     }, this.latencyMs);
   }

@@ -110,6 +110,15 @@ describe('HolderSearch: the planner decision, one transition at a time', () => {
     expect(s.observe(seen({ now: 45_001, unreachable: ['f1'], liveness: () => 'suspect' }))).toEqual({ state: 'asking', fetchers: ['f2'] });
   });
 
+  it('a fetcher declared dead is not failed over at once: death is inferred, and a loaded member refutes it', () => {
+    const s = new HolderSearch(ctx);
+    const dead = { liveness: (id: string) => (id === 'f1' ? ('dead' as const) : ('alive' as const)) };
+    s.observe(seen({ now: 1_000, pending: ['f1'] }));
+    expect(s.observe(seen({ now: 2_000, unreachable: ['f1'], ...dead })).state).toBe('retrying');
+    // The plain timeout from its last answer, as for a suspect.
+    expect(s.observe(seen({ now: 11_000, unreachable: ['f1'], ...dead }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
   it('a fetcher that left membership is failed over at once', () => {
     expect(new HolderSearch(ctx).observe(seen({ now: 1, unreachable: ['f1'], liveness: (id) => (id === 'f1' ? 'gone' : 'alive') }))).toEqual({ state: 'asking', fetchers: ['f2'] });
   });

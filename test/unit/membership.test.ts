@@ -79,6 +79,27 @@ describe('membership: SWIM-style over a bounded overlay (virtual time, modelled 
     net.hang('a011');
     await net.clock.advance(opts.linkTimeoutMs + opts.suspicionMs + 3_000);
     for (const id of net.nodes.keys()) if (id !== 'a011') expect(net.get(id).isLive('a011')).toBe(false);
+    // Declared dead, which the planner tells apart from a goodbye (it fails over a leaver at once).
+    for (const id of net.nodes.keys()) if (id !== 'a011') expect(net.get(id).liveness('a011')).toBe('dead');
+  });
+
+  it('an agent starved of CPU for longer than the link timeout accuses none of its neighbours, and is not declared dead', async () => {
+    const net = await fleet(20);
+    await net.clock.advance(3_000);
+    const accused = new Set<string>();
+    const deliver = net.deliver.bind(net);
+    net.deliver = (link, frame) => {
+      if (frame.t === 'gossip') for (const u of frame.updates) if (u.state === 'suspect' || u.state === 'dead') accused.add(u.id);
+      deliver(link, frame);
+    };
+    net.starve('a007', 6_000);
+    await net.clock.advance(6_000 + opts.suspicionMs + 3_000);
+    // Its neighbours rightly suspected it (it sent nothing for 6 s), and it refuted. Before, its
+    // own late tick, run before it read the heartbeats queued meanwhile, found every link silent
+    // and suspected all of them; and a neighbour that dropped the silent link without a word
+    // was suspected for that too.
+    expect([...accused]).toEqual(['a007']);
+    for (const id of net.nodes.keys()) expect(net.get(id).liveness('a007')).toBe('alive');
   });
 
   it('an agent that leaves is forgotten at once, without suspicion', async () => {

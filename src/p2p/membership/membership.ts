@@ -22,6 +22,8 @@ import { isLive, MemberTable, type Member, type MemberInfo, type MemberUpdate } 
 
 export type Timer = unknown;
 
+export type Liveness = 'alive' | 'suspect' | 'dead' | 'gone';
+
 export interface Clock {
   now(): number;
   setTimeout(fn: () => void, ms: number): Timer;
@@ -109,6 +111,7 @@ export class Membership {
   private readonly dialing = new Set<string>();
   private readonly backoff = new Map<string, number>();
   private tickTimer: Timer | undefined;
+  private lastTick: number | undefined;
   private flushTimer: Timer | undefined;
   private nextSync: number;
   private leaving = false;
@@ -181,11 +184,14 @@ export class Membership {
     return this.table.live();
   }
 
-  /** `alive`, `suspect` (may yet refute), or `gone` (dead, left, or never heard of). */
-  liveness(id: string): 'alive' | 'suspect' | 'gone' {
+  /**
+   * `alive`; `suspect` (may yet refute); `dead` (declared so after a suspicion: an inference,
+   * which a loaded member refutes when it runs again); `gone` (left, or never heard of).
+   */
+  liveness(id: string): Liveness {
     if (id === this.o.self.id) return 'alive';
     const state = this.table.get(id)?.state;
-    return state === 'alive' || state === 'suspect' ? state : 'gone';
+    return state === 'alive' || state === 'suspect' || state === 'dead' ? state : 'gone';
   }
 
   isLive(id: string): boolean {
@@ -366,9 +372,19 @@ export class Membership {
 
   private tick(): void {
     const now = this.o.clock.now();
+    // A tick that runs late means this process had no CPU (a loaded node) and has not yet read
+    // what arrived meanwhile: timers run before sockets are polled. That time is not the peers'
+    // silence (Lifeguard's lesson: a slow member must not accuse healthy ones). Under load the
+    // whole fleet once suspected and declared dead one another's elected fetchers, and each
+    // agent then fetched the blob from the origin itself.
+    const late = this.lastTick === undefined ? 0 : Math.max(0, now - this.lastTick - this.tickMs);
+    this.lastTick = now;
     for (const [peer, state] of [...this.links]) {
+      state.lastHeard = Math.min(now, state.lastHeard + late);
       if (now - state.lastHeard > this.o.linkTimeoutMs) {
         this.o.onDebug?.('membership: link silent, peer suspected', { peer, silentMs: Math.round(now - state.lastHeard) });
+        // Said, so that a peer that was only slow learns it was dropped rather than suspecting us.
+        this.send(peer, { t: 'bye', reason: 'trim' });
         this.links.delete(peer);
         state.link.close();
         this.suspect(peer);
@@ -376,7 +392,7 @@ export class Membership {
         this.send(peer, { t: 'ping' });
       }
     }
-    const expired = this.table.suspectsSince(now - this.o.suspicionMs);
+    const expired = this.table.suspectsSince(now - this.o.suspicionMs - late);
     if (expired.length > 0) {
       this.learn(
         expired.map(({ since: _since, ...m }) => ({ ...m, state: 'dead' as const })),
