@@ -144,6 +144,25 @@ describe('HolderSearch: the planner decision, one transition at a time', () => {
     expect(s.requestAnswered(3, [], false)).toEqual({ state: 'origin', holders: [], reason: 'fetcher declined; no fetcher left to try' });
   });
 
+  it('at the last rank, a live fetcher that does not answer is waited for, not replaced by the origin, until fetchWaitMs', () => {
+    // Each rank silent for three timeouts (alive: at its connection limit, loaded).
+    const longer = new HolderSearch({ ...ctx, ranked: ['f1', 'f2', 'f3', 'me'], fetchWaitMs: 600_000 });
+    expect(longer.observe(seen({ now: 30_000, unreachable: ['f1'] }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+    expect(longer.observe(seen({ now: 60_000, unreachable: ['f2'] }))).toEqual({ state: 'asking', fetchers: ['f3'] });
+    expect(longer.observe(seen({ now: 90_000, unreachable: ['f3'] }))).toEqual({ state: 'retrying', fetchers: ['f3'] });
+    expect(longer.observe(seen({ now: 599_999, unreachable: ['f3'] })).state).toBe('retrying');
+    expect(longer.observe(seen({ now: 600_000, unreachable: ['f3'] }))).toEqual({ state: 'origin', holders: [], reason: 'fetchers too slow' });
+    // A last fetcher membership doubts is given up on after the plain timeout, as before.
+    const doubted = new HolderSearch({ ...ctx, ranked: ['f1', 'f2', 'f3', 'me'], fetchWaitMs: 600_000 });
+    doubted.observe(seen({ now: 30_000, unreachable: ['f1'] }));
+    doubted.observe(seen({ now: 60_000, unreachable: ['f2'] }));
+    expect(doubted.observe(seen({ now: 70_000, unreachable: ['f3'], liveness: () => 'suspect' }))).toEqual({
+      state: 'origin',
+      holders: [],
+      reason: 'fetcher did not answer; no fetcher left to try',
+    });
+  });
+
   it('the elected fetcher asks the DHT before the origin', () => {
     const s = new HolderSearch({ ...ctx, ranked: ['me', 'f1'] });
     expect(s.isFetcher).toBe(true);
