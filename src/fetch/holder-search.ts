@@ -1,3 +1,5 @@
+import type { Liveness } from '../p2p/membership/membership.js';
+
 /*
  * Where a local miss gets its bytes, as a state machine. The planner does the I/O (asks peers
  * what they hold, asks the DHT, asks a fetcher to fetch) and feeds what it saw to `observe`;
@@ -59,7 +61,7 @@ export interface Observation {
   /** Whether the DHT has been asked for providers yet. */
   consulted: boolean;
   /** What membership says of a peer now. */
-  liveness(peer: string): 'alive' | 'suspect' | 'dead' | 'gone';
+  liveness(peer: string): Liveness;
 }
 
 export type Step =
@@ -109,8 +111,7 @@ export class HolderSearch {
     if (answered.length > 0) this.heard = o.now;
     if (fetchers.some((f) => o.pending.includes(f))) {
       this.waitingSince ??= o.now;
-      if (o.now - this.waitingSince >= this.ctx.fetchWaitMs) return this.enter({ state: 'origin', holders: o.remote, reason: 'fetcher too slow' });
-      return this.enter({ state: 'waiting', fetchers });
+      return this.wait(o, this.waitingSince, 'waiting', 'fetcher too slow');
     }
     if (fetchers.every((f) => o.refused.includes(f))) {
       // It holds nothing and fetches nothing: ask it to, once per rank; then it is trusted to say.
@@ -121,10 +122,7 @@ export class HolderSearch {
     // It said it is downloading, and membership still hears from it: an unanswered poll means a
     // loaded peer, not a lost one. Failing it over here was the stampede under load (each
     // failover is one more origin fetch of the blob); its death shows in membership instead.
-    if (this.waitingSince !== undefined && alive) {
-      if (o.now - this.waitingSince >= this.ctx.fetchWaitMs) return this.enter({ state: 'origin', holders: o.remote, reason: 'fetcher too slow' });
-      return this.enter({ state: 'retrying', fetchers });
-    }
+    if (this.waitingSince !== undefined && alive) return this.wait(o, this.waitingSince, 'retrying', 'fetcher too slow');
     // A fetcher membership holds alive is busy (slow, at its connection limit), not gone: it
     // gets three times as long; a suspected one the plain timeout.
     if (o.now - this.heard >= this.ctx.fetcherTimeoutMs * (alive ? ALIVE_PATIENCE : 1)) {
@@ -132,10 +130,7 @@ export class HolderSearch {
       // loaded, like every fetcher of a zone in a rollout: going to the origin oneself then made
       // each waiting agent an origin client (277 of 64 agents' fallbacks in bench:fleet). It is
       // waited for, while the DHT is asked for other holders, up to fetchWaitMs.
-      if (this.rank >= this.ctx.maxFailovers && alive) {
-        if (o.now >= this.ctx.fetchWaitMs) return this.enter({ state: 'origin', holders: o.remote, reason: 'fetchers too slow' });
-        return this.enter({ state: 'retrying', fetchers });
-      }
+      if (this.rank >= this.ctx.maxFailovers && alive) return this.wait(o, 0, 'retrying', 'fetchers too slow');
       return this.failover(o, 'fetcher did not answer');
     }
     return this.enter({ state: 'retrying', fetchers });
@@ -151,6 +146,12 @@ export class HolderSearch {
     }
     if (failed) return this.enter({ state: 'retrying', fetchers: this.fetchers() });
     return this.nextRank(now, 'fetcher declined');
+  }
+
+  /** Goes on waiting for the fetchers, in `state`, until fetchWaitMs after `since`; then the origin. */
+  private wait(o: Observation, since: number, state: 'waiting' | 'retrying', reason: string): Step {
+    if (o.now - since >= this.ctx.fetchWaitMs) return this.enter({ state: 'origin', holders: o.remote, reason });
+    return this.enter({ state, fetchers: this.fetchers() });
   }
 
   private failover(o: Observation, reason: string): Step {

@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { closestPeers } from '../p2p/closest.js';
 import { HolderSearch } from './holder-search.js';
+import type { Liveness } from '../p2p/membership/membership.js';
 import type { PeerBook } from '../p2p/peer-book.js';
 import type { Grants } from './grants.js';
 import type { HashWorker } from './hash-worker.js';
@@ -34,7 +35,7 @@ export interface Swarm {
   /** Live members of the fleet, this agent excluded, connected or not. */
   members(): { id: string; zone: string }[];
   isMember(peerId: string): boolean;
-  liveness(peerId: string): 'alive' | 'suspect' | 'dead' | 'gone';
+  liveness(peerId: string): Liveness;
   requestFetch(peerId: string, request: { registry: string; repository: string; digest: string }, opts?: { signal?: AbortSignal }): Promise<boolean>;
 }
 

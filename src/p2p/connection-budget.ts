@@ -103,9 +103,8 @@ export class ConnectionBudget {
   /** What each open connection is, for the log line of a refusal: age (s), work streams, kept. */
   describe(): string[] {
     const now = this.now();
-    return this.o.connections().map(
-      (c) => `${c.peer.slice(-6)} ${((now - c.openedAt) / 1000).toFixed(1)}s ${c.streams}w${this.kept(c, this.o.connections()) ? ' link' : ''}${this.evicting.has(c.id) ? ' evicting' : ''}`,
-    );
+    const all = this.o.connections();
+    return all.map((c) => `${c.peer.slice(-6)} ${((now - c.openedAt) / 1000).toFixed(1)}s ${c.streams}w${this.kept(c, all) ? ' link' : ''}${this.evicting.has(c.id) ? ' evicting' : ''}`);
   }
 
   private openedTotal = 0;

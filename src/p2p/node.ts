@@ -15,7 +15,7 @@ import { benchHandler, type BenchDialer } from './bench-protocol.js';
 import { BlobServer, requestBlob, type LocalBlobs, type OpenedBlob } from './blob-protocol.js';
 import { Bootstrapper, hostPortKey, parseBootstrapEntry, peerIdOf, type Lookup } from './bootstrap.js';
 import { ConnectionBudget, workStreams } from './connection-budget.js';
-import { Membership, realClock, type MembershipOptions } from './membership/membership.js';
+import { Membership, realClock, type Liveness, type MembershipOptions } from './membership/membership.js';
 import { MemberWire, membersProtocolId } from './membership/member-wire.js';
 import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
@@ -480,7 +480,7 @@ export class P2PNode implements BenchDialer {
   }
 
   /** As membership has it (see Membership.liveness). */
-  liveness(peerId: string): 'alive' | 'suspect' | 'dead' | 'gone' {
+  liveness(peerId: string): Liveness {
     return this.membership.liveness(peerId);
   }
 
