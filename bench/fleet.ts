@@ -119,6 +119,11 @@ async function startFleet(run: number, fleet: Member[]): Promise<number> {
   return performance.now();
 }
 
+/** With BENCH_CPU_PROF: the monotonic clock (µs, the agents' profiles' timebase) at each phase, to cut the profiles by. */
+const mark = (phase: string) => {
+  if (process.env.BENCH_CPU_PROF) console.error(`${phase} at ${process.hrtime.bigint() / 1000n} µs (monotonic)`);
+};
+
 const view = (m: Member) => m.process.call<FleetView>({ cmd: 'fleet' });
 
 /** Per zone, seconds from `since` until every agent of the zone knows every member of it. */
@@ -199,9 +204,11 @@ try {
 
       // Membership's cost at rest: frames and bytes each agent sends per second.
       const before = await Promise.all(fleet.map(view));
+      mark('idle start');
       const idleCpuBefore = await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)));
       await new Promise((r) => setTimeout(r, idleSeconds * 1000));
       const after = await Promise.all(fleet.map(view));
+      mark('idle end');
       const idleCpu = (await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)))).map((c, i) => (c - idleCpuBefore[i]!) / idleSeconds);
       const idleFrames = after.map((v, i) => (v.traffic.framesSent - before[i]!.traffic.framesSent) / idleSeconds);
       const idleBytes = after.map((v, i) => (v.traffic.bytesSent - before[i]!.traffic.bytesSent) / idleSeconds);
@@ -212,6 +219,7 @@ try {
       for (const proxy of zoneProxies.values()) proxy.reset();
       const cpuBefore = await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)));
       const start = performance.now();
+      mark('rollout start');
       const finished = new Map<string, number>();
       const pulls = await Promise.all(
         fleet.map(async (m) => {
@@ -220,6 +228,7 @@ try {
           return r;
         }),
       );
+      mark('rollout end');
       const cpuAfter = await Promise.all(fleet.map((m) => cpuSeconds(m.process.pid)));
       const failed = pulls.filter((p) => !p.ok);
       for (const p of pulls) await p.remove();

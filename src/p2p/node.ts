@@ -474,6 +474,11 @@ export class P2PNode implements BenchDialer {
     return this.libp2p.dialProtocol(id, protocol, options);
   }
 
+  /** This agent's membership links (peers it keeps a connection to). */
+  neighbours(): string[] {
+    return this.membership.neighbours();
+  }
+
   /** Live members of the fleet (this agent excluded), with their zones. */
   members(): { id: string; zone: string }[] {
     return this.membership.members().map((m: Member) => ({ id: m.id, zone: m.zone }));

@@ -27,15 +27,21 @@ class FakeSwarm implements Swarm {
   lookups = 0;
   providers: string[] = [];
   acceptsFetch = true;
+  /** Peers that never answer (at their connection limit): asking them fails. */
+  silent = new Set<string>();
+  /** This agent's membership links. */
+  links: string[] = [];
   readonly asks: { peer: string; waitMs?: number; known?: number }[] = [];
   constructor(private readonly answer: (peer: string) => Answer) {}
   async findProviders(): Promise<string[]> {
     this.lookups++;
+    this.asks.push({ peer: '(dht)' });
     return this.providers;
   }
   async pieceInfo(peerId: string, d: string, opts?: { signal?: AbortSignal; wait?: { known: number; waitMs: number } }) {
     expect(d).toBe(digest);
     this.asks.push({ peer: peerId, ...opts?.wait });
+    if (this.silent.has(peerId)) throw new Error('no answer');
     const until = Date.now() + Math.min(50, opts?.wait?.waitMs ?? 0);
     while (typeof this.answer(peerId) !== 'object' && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
     return this.answer(peerId);
@@ -43,11 +49,16 @@ class FakeSwarm implements Swarm {
   async openBlob(): Promise<undefined> {
     return undefined;
   }
+  /** Further members of zone z. */
+  more: string[] = [];
   peers() {
-    return [fetcher, other, holder].map((id) => ({ id, zone: 'z' }));
+    return [fetcher, other, holder, ...this.more].map((id) => ({ id, zone: 'z' }));
   }
   members() {
     return this.peers();
+  }
+  neighbours(): string[] {
+    return this.links;
   }
   isMember(id: string): boolean {
     return this.peers().some((p) => p.id === id);
@@ -117,7 +128,7 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     expect(sources[0]).toBeInstanceOf(SwarmSource);
     expect(swarm.lookups).toBe(1);
     // The fetcher, once declined, is not asked again: the next rank (or the DHT's holder) is.
-    expect(swarm.asks.map((a) => a.peer).sort()).toEqual([fetcher, holder].sort());
+    expect(swarm.asks.map((a) => a.peer).filter((p) => p !== '(dht)').sort()).toEqual([fetcher, holder].sort());
   });
 
   it('goes to the origin when neither the fetcher nor the DHT knows a holder and the fetcher refuses', async () => {
@@ -133,5 +144,40 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     const sources = await planner(fetcher, swarm).plan(request);
     expect(sources).toEqual([{ name: 'origin' }]);
     expect(swarm.lookups).toBe(1);
+  });
+
+  it('while the fetcher does not answer, asks its membership neighbours of the zone before the DHT', async () => {
+    // The fetcher is at its connection limit; a neighbour got the blob from it already.
+    const swarm = new FakeSwarm((peer) => (peer === holder ? holds : undefined));
+    swarm.silent.add(fetcher);
+    swarm.links = [holder];
+    swarm.providers = [holder];
+    const sources = await planner(other, swarm).plan(request);
+    expect(sources[0]).toBeInstanceOf(SwarmSource);
+    expect(swarm.asks.map((a) => a.peer)).toEqual([fetcher, fetcher, holder]);
+    // The neighbour answered within the first intervals: no DHT walk was needed.
+    expect(swarm.lookups).toBe(0);
+  });
+
+  it('asks the DHT too, less often, while the neighbours do not hold it either', async () => {
+    // A linked member that holds nothing (ranked below the fetcher, so the election stays), and
+    // the holder, known only to the DHT.
+    const linked = candidates.find((id) => ![fetcher, other].includes(id) && closestPeers(digest, [fetcher, other, holder, id], 4)[0] === fetcher)!;
+    let found = false;
+    const swarm = new FakeSwarm((peer) => (peer === holder && found ? holds : undefined));
+    swarm.silent.add(fetcher);
+    swarm.more = [linked];
+    swarm.links = [linked];
+    swarm.providers = [holder];
+    const plan = planner(other, swarm).plan(request);
+    await new Promise((r) => setTimeout(r, 300));
+    found = true;
+    expect((await plan)[0]).toBeInstanceOf(SwarmSource);
+    const neighbourAsks = swarm.asks.filter((a) => a.peer === linked).length;
+    const order = swarm.asks.map((a) => a.peer);
+    // The neighbour first, the DHT later and less often (one walk per four lookup intervals).
+    expect(order.indexOf(linked)).toBeGreaterThanOrEqual(0);
+    expect(order.indexOf('(dht)')).toBeGreaterThan(order.indexOf(linked));
+    expect(swarm.lookups).toBeLessThan(neighbourAsks);
   });
 });
