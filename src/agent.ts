@@ -207,7 +207,8 @@ export class Agent {
             },
             bytes: (kind, count) => metrics.blobBytes.inc({ source: kind }, count),
             originFallback: (reason) => metrics.originFallbacks.inc({ reason }),
-            firstPiece: (digest) => void node.provide(digest),
+            // Taken from peers: the zone finds it through them meanwhile; announced after the wave.
+            firstPiece: (digest) => void node.provide(digest, { later: true }),
             transferred: (seconds) => metrics.peerTransfer.observe(seconds),
             lookup: (seconds, found) => metrics.providerLookup.observe({ result: found > 0 ? 'found' : 'none' }, seconds),
           },
@@ -234,7 +235,8 @@ export class Agent {
         },
         committed: (digest) => {
           news.notify(digest);
-          void p2p?.provide(digest);
+          // From the origin it was announced when the download started; from peers, later.
+          void p2p?.provide(digest, { later: true });
         },
       }, { pieceTables: p2p !== undefined });
       blobsRef.current = blobs;

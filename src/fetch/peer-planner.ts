@@ -163,9 +163,11 @@ export class PeerPlanner implements SourcePlanner {
       const now = performance.now();
       if (!waiting && (round > 0 || fetchers.length === 0) && now - sought >= interval) {
         sought = now;
-        extra = fetchers.length === 0 ? [] : this.zoneNeighbours();
+        // A fetcher asks its neighbours too, with the DHT, before the origin: after a failover
+        // they may hold what the fetcher that left passed on.
+        extra = this.zoneNeighbours();
         if (extra.length > 0 && nextLookup === -Infinity) nextLookup = now + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
-        if (extra.length === 0 || now >= nextLookup) {
+        if (fetchers.length === 0 || extra.length === 0 || now >= nextLookup) {
           providers = [...new Set([...providers, ...(await this.lookup(digest))])];
           lookedUp = performance.now();
           nextLookup = lookedUp + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;

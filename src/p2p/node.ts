@@ -63,6 +63,13 @@ const DEFAULT_PROVIDE_TIMEOUT_MS = 10_000;
 const RESPONSE_TIMEOUT_MS = 10_000;
 /** Waiting before (re-)announcing digests provided while the node had no DHT peers. */
 const ANNOUNCE_DEBOUNCE_MS = 500;
+/**
+ * A blob taken from peers is announced this long (and up to as long again) after it arrived: a
+ * rollout's first wave finds holders through the zone's fetchers' answers and membership
+ * neighbours, and every agent of a 32-agent zone announcing each blob at once (a DHT walk and up
+ * to 20 messages, over new connections) was a large part of the rollout's CPU.
+ */
+const DEFAULT_ANNOUNCE_LATER_MS = 120_000;
 const MAX_ANNOUNCE_RETRY_MS = 60_000;
 /** A connection without a stream at two checks this far apart, and not a membership link, is closed. */
 const IDLE_CONNECTION_MS = 20_000;
@@ -85,6 +92,8 @@ export interface P2PStartOptions extends P2POptions {
   lookup?: Lookup;
   /** How long `provide` waits for the announcement to reach DHT peers (default 10 s). */
   provideTimeoutMs?: number;
+  /** How long `provide(d, { later: true })` waits before it announces (default 2 min, plus up to as much again). */
+  announceLaterMs?: number;
   /** A prom-client registry for libp2p's own metrics (connections, streams, DHT, …). */
   metricsRegistry?: Registry;
   /** Membership timings (tests shorten them). */
@@ -118,6 +127,9 @@ export class P2PNode implements BenchDialer {
   private stopping = false;
   private reaper: NodeJS.Timeout | undefined;
   private readonly provideTimeoutMs: number;
+  private readonly announceLaterMs: number;
+  /** Announcements put off by `provide(d, { later: true })`. */
+  private readonly deferred = new Map<string, NodeJS.Timeout>();
   private readonly protocolPrefix: string;
 
   private constructor(
@@ -138,6 +150,7 @@ export class P2PNode implements BenchDialer {
     this.pieceProtocol = pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX);
     this.protocolPrefix = opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX;
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
+    this.announceLaterMs = opts.announceLaterMs ?? DEFAULT_ANNOUNCE_LATER_MS;
   }
 
   static async start(opts: P2PStartOptions): Promise<P2PNode> {
@@ -345,18 +358,39 @@ export class P2PNode implements BenchDialer {
    * to the key is awaited for at most `provideTimeoutMs`. A digest provided while no DHT peer
    * answered is announced again as soon as peers join. Never throws for network reasons.
    */
-  async provide(digest: string): Promise<void> {
+  async provide(digest: string, opts: { later?: boolean } = {}): Promise<void> {
     const cid = cidForDigest(digest);
     this.provided.add(digest);
     // A blob is provided when its download starts, at its first piece and at its commit: one
     // announcement (a DHT walk and a message to each of the closest peers) is enough.
     if (this.announced.has(digest)) return;
+    if (opts.later === true) {
+      this.announceLater(digest);
+      return;
+    }
+    this.cancelLater(digest);
     let pending = this.announcing.get(digest);
     if (pending === undefined) {
       pending = this.announce(digest, cid).finally(() => this.announcing.delete(digest));
       this.announcing.set(digest, pending);
     }
     await pending;
+  }
+
+  private announceLater(digest: string): void {
+    if (this.deferred.has(digest) || this.announcing.has(digest) || this.stopping) return;
+    // Jittered, so a zone that got a blob together does not announce it together.
+    const timer = setTimeout(() => {
+      this.deferred.delete(digest);
+      if (this.provided.has(digest)) void this.provide(digest);
+    }, this.announceLaterMs * (1 + Math.random()));
+    timer.unref();
+    this.deferred.set(digest, timer);
+  }
+
+  private cancelLater(digest: string): void {
+    clearTimeout(this.deferred.get(digest));
+    this.deferred.delete(digest);
   }
 
   /** Whether this node advertises `digest` now. */
@@ -367,6 +401,7 @@ export class P2PNode implements BenchDialer {
   /** Stops advertising `digest` (evicted). Records already at peers expire within hours. */
   async unprovide(digest: string): Promise<void> {
     this.provided.delete(digest);
+    this.cancelLater(digest);
     this.unannounced.delete(digest);
     this.announced.delete(digest);
     try {
@@ -564,6 +599,8 @@ export class P2PNode implements BenchDialer {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    for (const timer of this.deferred.values()) clearTimeout(timer);
+    this.deferred.clear();
     clearTimeout(this.announceTimer);
     clearTimeout(this.reaper);
     // Goodbye first, so the fleet forgets this agent at once instead of suspecting it.

@@ -25,9 +25,9 @@ async function readAll(body: Readable): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -253,6 +253,37 @@ describe('P2PNode on loopback', () => {
     } finally {
       dht.provide = original;
     }
+  });
+
+  it('announces a blob provided for later only after announceLaterMs, and at once when provided plainly meanwhile', async () => {
+    const d = fakeDigest('taken from peers');
+    const dht = b.libp2p.services.dht;
+    const original = dht.provide.bind(dht);
+    let walks = 0;
+    dht.provide = (...args: Parameters<typeof dht.provide>) => {
+      walks++;
+      return original(...args);
+    };
+    try {
+      // B's announceLaterMs is the default (minutes): nothing reaches the DHT now.
+      await b.provide(d, { later: true });
+      expect(b.isProviding(d)).toBe(true);
+      expect(walks).toBe(0);
+      expect(await a.findProviders(d, { timeoutMs: 1_000, max: 1 })).toEqual([]);
+      // Fetched from the origin after all: announced at once, and only once.
+      await b.provide(d);
+      await b.provide(d, { later: true });
+      expect(walks).toBe(1);
+      expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
+    } finally {
+      dht.provide = original;
+    }
+    // A node with a short delay announces by itself.
+    const soon = await start('soon', new MemoryBlobs(), { bootstrap: [b.multiaddrs()[0]!], announceLaterMs: 200 });
+    await until('soon in a routing table', () => routingTableSize(soon) >= 1);
+    const e = fakeDigest('announced later');
+    await soon.provide(e, { later: true });
+    await until('found in the DHT', async () => (await a.findProviders(e, { timeoutMs: 1_000, max: 1 })).includes(soon.peerId));
   });
 
   it('unprovide stops this node from advertising', async () => {

@@ -180,4 +180,13 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     expect(order.indexOf('(dht)')).toBeGreaterThan(order.indexOf(linked));
     expect(swarm.lookups).toBeLessThan(neighbourAsks);
   });
+
+  it('as the elected fetcher, takes the blob from a neighbour that holds it instead of the origin', async () => {
+    // After a failover: the fetcher that left passed the blob on to this agent's neighbour.
+    const swarm = new FakeSwarm((peer) => (peer === holder ? holds : undefined));
+    swarm.links = [holder];
+    const sources = await planner(fetcher, swarm).plan(request);
+    expect(sources[0]).toBeInstanceOf(SwarmSource);
+    expect(swarm.lookups).toBe(1);
+  });
 });
