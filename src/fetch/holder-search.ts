@@ -16,7 +16,8 @@ import type { Liveness } from '../p2p/membership/membership.js';
  * No stampede: an agent goes to the origin itself only when it is the fetcher (elected, or
  * asked by a peer), when the fetchers of `maxFailovers + 1` consecutive ranks failed it (left,
  * refused, or silent while membership doubts them), or after `fetchWaitMs`. A live fetcher's
- * silence moves the zone to the next rank, never past the last one.
+ * silence moves the zone to the next rank, never past the last one (nor a suspected one's: only
+ * a fetcher membership declares dead or gone sends the last rank to the origin).
  * A fetcher that does not answer is failed over only after `fetcherTimeoutMs` without any
  * answer (three times that while membership holds it alive: it is busy, not gone), and to the
  * next-ranked member of the same deterministic order every agent of the zone computes, so a
@@ -130,7 +131,9 @@ export class HolderSearch {
       // loaded, like every fetcher of a zone in a rollout: going to the origin oneself then made
       // each waiting agent an origin client (277 of 64 agents' fallbacks in bench:fleet). It is
       // waited for, while the DHT is asked for other holders, up to fetchWaitMs.
-      if (this.rank >= this.ctx.maxFailovers && alive) return this.wait(o, 0, 'retrying', 'fetchers too slow');
+      // A suspected one too: under load suspicion is common and mostly refuted; one that is
+      // really gone is declared dead within the suspicion time, and then the origin it is.
+      if (this.rank >= this.ctx.maxFailovers && fetchers.some((f) => ['alive', 'suspect'].includes(o.liveness(f)))) return this.wait(o, 0, 'retrying', 'fetchers too slow');
       return this.failover(o, 'fetcher did not answer');
     }
     return this.enter({ state: 'retrying', fetchers });

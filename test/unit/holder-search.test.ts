@@ -152,11 +152,13 @@ describe('HolderSearch: the planner decision, one transition at a time', () => {
     expect(longer.observe(seen({ now: 90_000, unreachable: ['f3'] }))).toEqual({ state: 'retrying', fetchers: ['f3'] });
     expect(longer.observe(seen({ now: 599_999, unreachable: ['f3'] })).state).toBe('retrying');
     expect(longer.observe(seen({ now: 600_000, unreachable: ['f3'] }))).toEqual({ state: 'origin', holders: [], reason: 'fetchers too slow' });
-    // A last fetcher membership doubts is given up on after the plain timeout, as before.
+    // One membership suspects is waited for too (under load suspicion is common, and mostly
+    // refuted); one it declared dead is given up on after the plain timeout.
     const doubted = new HolderSearch({ ...ctx, ranked: ['f1', 'f2', 'f3', 'me'], fetchWaitMs: 600_000 });
     doubted.observe(seen({ now: 30_000, unreachable: ['f1'] }));
     doubted.observe(seen({ now: 60_000, unreachable: ['f2'] }));
-    expect(doubted.observe(seen({ now: 70_000, unreachable: ['f3'], liveness: () => 'suspect' }))).toEqual({
+    expect(doubted.observe(seen({ now: 70_000, unreachable: ['f3'], liveness: () => 'suspect' })).state).toBe('retrying');
+    expect(doubted.observe(seen({ now: 75_000, unreachable: ['f3'], liveness: () => 'dead' }))).toEqual({
       state: 'origin',
       holders: [],
       reason: 'fetcher did not answer; no fetcher left to try',
