@@ -17,6 +17,7 @@ type Command =
   | { id: number; cmd: 'info' }
   | { id: number; cmd: 'fleet' }
   | { id: number; cmd: 'connections' }
+  | { id: number; cmd: 'members' }
   | { id: number; cmd: 'raw'; peerId: string; bytes: number }
   | { id: number; cmd: 'stop' };
 
@@ -50,6 +51,9 @@ process.on('message', (message: Command) => {
             fallbacks: Object.fromEntries((await agent.metrics.originFallbacks.get()).values.map((v) => [String(v.labels.reason), v.value])),
           });
         }
+        case 'members':
+          // Diagnostics: whom this agent knows, and its membership links.
+          return reply(message.id, { members: agent.p2p!.members().map((m) => m.id), neighbours: agent.p2p!.membership.neighbours() });
         case 'connections':
           // Diagnostics: every open connection and the protocols of its streams.
           return reply(message.id, {

@@ -129,6 +129,7 @@ const view = (m: Member) => m.process.call<FleetView>({ cmd: 'fleet' });
 /** Per zone, seconds from `since` until every agent of the zone knows every member of it. */
 async function convergence(fleet: Member[], since: number, timeoutMs = Number(process.env.BENCH_CONVERGE_TIMEOUT_MS ?? 120_000)): Promise<Map<string, number>> {
   const done = new Map<string, number>();
+  let reported = false;
   while (done.size < zones) {
     const views = await Promise.all(fleet.map(view));
     const now = performance.now();
@@ -136,6 +137,18 @@ async function convergence(fleet: Member[], since: number, timeoutMs = Number(pr
       if (done.has(zone)) continue;
       const members = fleet.filter((m) => m.zone === zone);
       if (members.every((m) => views[m.index]!.zoneMembers >= zoneSize(zone))) done.set(zone, (now - since) / 1000);
+    }
+    if (!reported && now - since > 10_000 && done.size < zones) {
+      // Past the target: who is behind, whom each misses, and its links (printed once).
+      reported = true;
+      const ids = await Promise.all(fleet.map(async (m) => (await m.process.call<{ peerId: string }>({ cmd: 'info' })).peerId));
+      const indexOf = new Map(ids.map((id, i) => [id, i]));
+      for (const m of fleet.filter((f) => !done.has(f.zone) && views[f.index]!.zoneMembers < zoneSize(f.zone))) {
+        const known = await m.process.call<{ members: string[]; neighbours: string[] }>({ cmd: 'members' });
+        const knownSet = new Set(known.members);
+        const missing = fleet.filter((o) => o.zone === m.zone && o.index !== m.index && !knownSet.has(ids[o.index]!)).map((o) => o.index);
+        console.error(`after 10 s agent ${m.index} misses agents ${missing.join(',')}; links to ${known.neighbours.map((id) => indexOf.get(id) ?? id).join(',')}`);
+      }
     }
     if (now - since > timeoutMs) {
       const behind = fleet.filter((m) => views[m.index]!.zoneMembers < zoneSize(m.zone)).map((m) => `agent ${m.index}: ${views[m.index]!.zoneMembers}`);

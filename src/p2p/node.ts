@@ -322,7 +322,7 @@ export class P2PNode implements BenchDialer {
       ...(opts.lookup === undefined ? {} : { lookup: opts.lookup }),
       // A bootstrap address is only a way in: one full state exchange with whoever answers there
       // (tried on a few addresses of a long list), after which membership finds its own links.
-      wanted: () => membership.neighbours().length === 0,
+      wanted: () => membership.needsBootstrap(),
       maxDialsPerRound: 3,
       dial: (addr: Multiaddr) => membership.join({ addrs: [addr.toString()] }),
       isConnected: (id) => membership.neighbours().includes(id),

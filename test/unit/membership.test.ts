@@ -138,6 +138,27 @@ describe('membership: SWIM-style over a bounded overlay (virtual time, modelled 
     expect(again.members()).toHaveLength(9);
   });
 
+  it('a joiner linked to its seed still wants the bootstrap address until the seed\'s full state arrives', async () => {
+    const net = await fleet(4);
+    await net.clock.advance(2_000);
+    // The seed's answer to the next joiner's hello is lost (a trimmed, aborted stream under load).
+    const deliver = net.deliver.bind(net);
+    net.deliver = (link, frame) => {
+      if (frame.t !== 'sync') deliver(link, frame);
+    };
+    const joiner = net.add('late', 'z0');
+    void joiner.join({ addrs: ['/mem/a000'] });
+    await net.clock.advance(100);
+    expect(joiner.neighbours()).toEqual(['a000']);
+    expect(joiner.members()).toEqual([]);
+    expect(joiner.needsBootstrap()).toBe(true);
+    net.deliver = deliver;
+    void joiner.join({ addrs: ['/mem/a000'] });
+    await net.clock.advance(100);
+    expect(joiner.members().length).toBe(4);
+    expect(joiner.needsBootstrap()).toBe(false);
+  });
+
   it('an agent cut off from every link asks its next neighbour for the whole state, so it misses nothing', async () => {
     const net = await fleet(20);
     await net.clock.advance(2_000);

@@ -174,6 +174,16 @@ export class Membership {
     return link.peer;
   }
 
+  /**
+   * Whether a bootstrap address should be dialled (again): no link, or no full state received
+   * yet. A link alone is not enough: a full seed trims a joiner right after its hello, and under
+   * load the state it sent first could be lost with the closing stream; judged by links, the
+   * joiner's bootstrap round then counted as done, and it waited 30 s for the next, knowing no one.
+   */
+  needsBootstrap(): boolean {
+    return !this.synced || this.links.size === 0;
+  }
+
   /** True once a full state exchange with some member has completed. */
   joined(): boolean {
     return this.synced || this.links.size > 0;
