@@ -233,8 +233,8 @@ describe('P2PNode on loopback', () => {
     await until('upload released', () => a.activeUploads() === 0);
   });
 
-  it('announces a digest provided several times once, and again after an unprovide', async () => {
-    const d = fakeDigest('provided thrice');
+  /** Runs `body` counting B's DHT provide walks. */
+  async function countingWalks(body: (walks: () => number) => Promise<void>): Promise<void> {
     const dht = b.libp2p.services.dht;
     const original = dht.provide.bind(dht);
     let walks = 0;
@@ -243,41 +243,39 @@ describe('P2PNode on loopback', () => {
       return original(...args);
     };
     try {
-      await Promise.all([b.provide(d), b.provide(d)]); // download start and first piece, at once
-      await b.provide(d); // commit
-      expect(walks).toBe(1);
-      expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
-      await b.unprovide(d);
-      await b.provide(d);
-      expect(walks).toBe(2);
+      await body(() => walks);
     } finally {
       dht.provide = original;
     }
+  }
+
+  it('announces a digest provided several times once, and again after an unprovide', async () => {
+    const d = fakeDigest('provided thrice');
+    await countingWalks(async (walks) => {
+      await Promise.all([b.provide(d), b.provide(d)]); // download start and first piece, at once
+      await b.provide(d); // commit
+      expect(walks()).toBe(1);
+      expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
+      await b.unprovide(d);
+      await b.provide(d);
+      expect(walks()).toBe(2);
+    });
   });
 
   it('announces a blob provided for later only after announceLaterMs, and at once when provided plainly meanwhile', async () => {
     const d = fakeDigest('taken from peers');
-    const dht = b.libp2p.services.dht;
-    const original = dht.provide.bind(dht);
-    let walks = 0;
-    dht.provide = (...args: Parameters<typeof dht.provide>) => {
-      walks++;
-      return original(...args);
-    };
-    try {
+    await countingWalks(async (walks) => {
       // B's announceLaterMs is the default (minutes): nothing reaches the DHT now.
       await b.provide(d, { later: true });
       expect(b.isProviding(d)).toBe(true);
-      expect(walks).toBe(0);
+      expect(walks()).toBe(0);
       expect(await a.findProviders(d, { timeoutMs: 1_000, max: 1 })).toEqual([]);
       // Fetched from the origin after all: announced at once, and only once.
       await b.provide(d);
       await b.provide(d, { later: true });
-      expect(walks).toBe(1);
+      expect(walks()).toBe(1);
       expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
-    } finally {
-      dht.provide = original;
-    }
+    });
     // A node with a short delay announces by itself.
     const soon = await start('soon', new MemoryBlobs(), { bootstrap: [b.multiaddrs()[0]!], announceLaterMs: 200 });
     await until('soon in a routing table', () => routingTableSize(soon) >= 1);
