@@ -1,11 +1,13 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDigest } from '../../src/oci/digest.js';
 import { PieceHasher, type PieceTable } from '../../src/fetch/piece-table.js';
 import { closestPeers } from '../../src/p2p/closest.js';
+import { loadOrCreatePrivateKey } from '../../src/p2p/key.js';
 import { P2PNode } from '../../src/p2p/node.js';
 import { generateSwarmKey } from '../../src/p2p/psk.js';
 import { startAgent, type TestAgent } from '../helpers/agent.js';
@@ -63,29 +65,35 @@ async function slowProviderAndJoiner(repo: string, layers: number[]) {
 }
 
 /**
- * A test peer that speaks Shoal's protocols, provides a layer and serves garbage of its size. It
- * is started again under new keys until it, not `victim`, is the layer's elected fetcher: `victim`
- * then asks it directly. Left to the random ids, `victim` was elected half the time and relied on
- * a DHT lookup, which under the suite's load could time out and send it to the origin (one red
- * `npm test`).
+ * A victim agent and a lying test peer, given keys drawn together so that the liar, not the
+ * victim, is the layer's elected fetcher: of two fresh keys the one closer to the layer goes to
+ * the liar. The victim then asks the liar directly. Left to random ids, the victim was elected
+ * half the time and relied on a DHT lookup that could time out under the suite's load; drawing
+ * liar keys until one beat a given victim failed whenever the victim sat very close to the layer
+ * (1 in 65 per test: one red clean-clone run).
  */
-async function startLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; key: string }): Promise<P2PNode> {
-  for (let attempt = 0; attempt < 64; attempt++) {
-    const liar = await startLiarOnce({ ...opts, key: `${attempt}-${opts.key}` });
-    if (closestPeers(opts.layer, [liar.peerId, opts.victim.agent.p2p!.peerId], 1)[0] === liar.peerId) return liar;
-    await liar.stop();
-  }
-  throw new Error('no liar key was elected for the layer in 64 attempts');
+async function startVictimAndLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; key: string }): Promise<{ b: TestAgent; liar: P2PNode }> {
+  const files = [join(dir, `${opts.key}-1`), join(dir, `${opts.key}-2`)];
+  const ids = await Promise.all(files.map(async (f) => peerIdFromPrivateKey(await loadOrCreatePrivateKey(f)).toString()));
+  const liarAt = ids.indexOf(closestPeers(opts.layer, ids, 1)[0]!);
+  const victimDir = join(dir, `${opts.key}-victim`);
+  await mkdir(join(victimDir, 'p2p'), { recursive: true });
+  await copyFile(files[1 - liarAt]!, join(victimDir, 'p2p', 'key'));
+  const b = await startAgent({ registries: registries(), dir: victimDir });
+  agents.push(b);
+  expect(b.agent.p2p!.peerId).toBe(ids[1 - liarAt]);
+  const liar = await startLiarOnce({ ...opts, victim: b, keyFile: files[liarAt]! });
+  return { b, liar };
 }
 
-async function startLiarOnce(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; key: string }) {
+async function startLiarOnce(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; keyFile: string }) {
   const { layer, size, table, garbage } = opts;
   return P2PNode.start({
     listen: ['/ip4/127.0.0.1/tcp/0'],
     bootstrap: bootstrapOf(opts.victim),
     mdns: false,
     zone: 'default',
-    keyFile: join(dir, opts.key),
+    keyFile: opts.keyFile,
     logger: pino({ level: 'silent' }),
     blobs: {
       async open(digest, offset, length) {
@@ -244,8 +252,6 @@ describe('agents sharing blobs over libp2p', () => {
     const image = await push(`team/lied-${trueTable ? 'pieces' : 'table'}:v1`, [6 * 1024 * 1024]);
     const layer = image.layerDigests[0]!;
     const size = image.layerSizes[0]!;
-    const b = await startAgent({ registries: registries() });
-    agents.push(b);
     // A test peer that speaks Shoal's protocols, provides the layer, and serves garbage of the
     // right size, announcing either the blob's real piece table or one computed over its garbage.
     const garbage = Buffer.alloc(size, 0x42);
@@ -253,7 +259,7 @@ describe('agents sharing blobs over libp2p', () => {
     const hasher = new PieceHasher(size);
     hasher.update(trueTable ? real : garbage);
     const table = hasher.finish();
-    const liar = await startLiar({ layer, size, table, garbage, victim: b, key: `liar-${String(trueTable)}.key` });
+    const { b, liar } = await startVictimAndLiar({ layer, size, table, garbage, key: `liar-${String(trueTable)}.key` });
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
@@ -407,13 +413,11 @@ describe('feeding the local client while the swarm assembles a blob', () => {
     const image = await push('team/cut:v1', [8 * 1024 * 1024]);
     const layer = image.layerDigests[0]!;
     const size = image.layerSizes[0]!;
-    const b = await startAgent({ registries: registries() });
-    agents.push(b);
     const garbage = Buffer.alloc(size, 0x17);
     const hasher = new PieceHasher(size);
     hasher.update(garbage);
     const table = hasher.finish();
-    const liar = await startLiar({ layer, size, table, garbage, victim: b, key: 'cut-liar.key' });
+    const { b, liar } = await startVictimAndLiar({ layer, size, table, garbage, key: 'cut-liar.key' });
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
