@@ -130,9 +130,9 @@ export class HolderSearch {
       // At the last rank a live fetcher that does not answer is at its connection limit or
       // loaded, like every fetcher of a zone in a rollout: going to the origin oneself then made
       // each waiting agent an origin client (277 of 64 agents' fallbacks in bench:fleet). It is
-      // waited for, while the DHT is asked for other holders, up to fetchWaitMs.
-      // A suspected one too: under load suspicion is common and mostly refuted; one that is
-      // really gone is declared dead within the suspicion time, and then the origin it is.
+      // waited for, while other holders are sought, up to fetchWaitMs. A suspected one too:
+      // under load suspicion is common and mostly refuted; one that is really gone is declared
+      // dead within the suspicion time, and then the origin it is.
       if (this.rank >= this.ctx.maxFailovers && fetchers.some((f) => ['alive', 'suspect'].includes(o.liveness(f)))) return this.wait(o, 0, 'retrying', 'fetchers too slow');
       return this.failover(o, 'fetcher did not answer');
     }

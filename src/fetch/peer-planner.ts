@@ -140,8 +140,8 @@ export class PeerPlanner implements SourcePlanner {
     });
     const interval = this.opts.lookupIntervalMs ?? LOOKUP_INTERVAL_MS;
     let providers: string[] = [];
-    /** When the DHT was last asked; never yet while -Infinity. */
-    let lookedUp = -Infinity;
+    /** Whether the DHT has been asked yet. */
+    let consulted = false;
     /** When alternatives to the fetchers (neighbours or the DHT) were last sought. */
     let sought = -Infinity;
     /** While there are neighbours to ask, when the DHT is asked next. */
@@ -169,13 +169,13 @@ export class PeerPlanner implements SourcePlanner {
         if (extra.length > 0 && nextLookup === -Infinity) nextLookup = now + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
         if (fetchers.length === 0 || extra.length === 0 || now >= nextLookup) {
           providers = [...new Set([...providers, ...(await this.lookup(digest))])];
-          lookedUp = performance.now();
-          nextLookup = lookedUp + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
+          consulted = true;
+          nextLookup = performance.now() + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
         }
       }
       const left = this.opts.fetchWaitMs - elapsed();
       const answers = await this.ask(digest, [...new Set([...fetchers, ...providers, ...extra])], waiting ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
-      let step = search.observe({ now: elapsed(), ...answers, consulted: lookedUp > -Infinity, liveness: (id) => swarm.liveness(id) });
+      let step = search.observe({ now: elapsed(), ...answers, consulted, liveness: (id) => swarm.liveness(id) });
       if (step.state === 'requesting') {
         // Nobody of the zone is fetching it yet: ask the fetchers to start now rather than wait
         // for their own clients to need it.

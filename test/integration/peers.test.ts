@@ -82,11 +82,11 @@ async function startVictimAndLiar(opts: { layer: string; size: number; table: Pi
   const b = await startAgent({ registries: registries(), dir: victimDir });
   agents.push(b);
   expect(b.agent.p2p!.peerId).toBe(ids[1 - liarAt]);
-  const liar = await startLiarOnce({ ...opts, victim: b, keyFile: files[liarAt]! });
+  const liar = await startLiar({ ...opts, victim: b, keyFile: files[liarAt]! });
   return { b, liar };
 }
 
-async function startLiarOnce(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; keyFile: string }) {
+async function startLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; keyFile: string }) {
   const { layer, size, table, garbage } = opts;
   return P2PNode.start({
     listen: ['/ip4/127.0.0.1/tcp/0'],
