@@ -8,6 +8,7 @@
  * Service's DNS name, without touching the machine's resolver).
  */
 import '../src/polyfill.js';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Agent } from '../src/agent.js';
 import { parseConfig } from '../src/config/load.js';
 import type { Lookup } from '../src/p2p/bootstrap.js';
@@ -30,6 +31,9 @@ const lookup: Lookup | undefined =
     if (ips === undefined) throw new Error(`bench lookup: no such name ${name}`);
     return ips;
   });
+// How late this agent's event loop runs (a starved or blocked loop answers peers late).
+const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+loopDelay.enable();
 const agent = await Agent.start(config, { benchProtocol: true, ...(lookup && { lookup }) });
 
 process.on('message', (message: Command) => {
@@ -49,6 +53,10 @@ process.on('message', (message: Command) => {
             traffic: agent.p2p!.membershipTraffic(),
             // Why this agent went to the origin for blobs it was not elected for.
             fallbacks: Object.fromEntries((await agent.metrics.originFallbacks.get()).values.map((v) => [String(v.labels.reason), v.value])),
+            // Streams this agent answered, by protocol: the fleet's control traffic.
+            // Event-loop delay since the last view (ms): p99 and max.
+            loop: takeLoopDelay(),
+            streams: { ...agent.p2p!.streamsAnswered(), dht: await dhtRequestsAnswered(), 'dht walks': await providerLookups() },
           });
         }
         case 'members':
@@ -83,6 +91,26 @@ process.on('message', (message: Command) => {
   })();
 });
 process.send?.({ ready: true });
+
+/** DHT requests this agent answered (libp2p's metric, summed over its message types). */
+async function dhtRequestsAnswered(): Promise<number> {
+  const all = await agent.metrics.libp2p.getMetricsAsJSON();
+  return all
+    .filter((m) => m.name.endsWith('_inbound_rpc_requests_total'))
+    .flatMap((m) => m.values)
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
+/** Provider lookups (DHT walks) this agent made. */
+async function providerLookups(): Promise<number> {
+  return (await agent.metrics.providerLookup.get()).values.filter((v) => v.metricName?.endsWith('_count')).reduce((sum, v) => sum + v.value, 0);
+}
+
+function takeLoopDelay(): { p99: number; max: number } {
+  const delay = { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 };
+  loopDelay.reset();
+  return delay;
+}
 
 function reply(id: number, result: unknown): void {
   process.send?.({ id, result });

@@ -16,9 +16,16 @@ export class AgentProcess {
     });
   }
 
-  static async start(config: Record<string, unknown>, extra: { hosts?: Record<string, string[]> } = {}): Promise<AgentProcess> {
-    const child = fork(resolve('bench/agent-child.ts'), [JSON.stringify(config), JSON.stringify(extra)], {
-      execArgv: ['--import', 'tsx', ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []), ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [])],
+  /**
+   * `profile`: with BENCH_CPU_PROF set, whether this agent writes a CPU profile (default yes).
+   * Profiling all 64 agents of a fleet starves membership on two cores; a few show the rest.
+   * Sampled every 10 ms (BENCH_CPU_PROF_INTERVAL µs): the default 1 ms distorts a rollout.
+   */
+  static async start(config: Record<string, unknown>, extra: { hosts?: Record<string, string[]>; profile?: boolean } = {}): Promise<AgentProcess> {
+    const { profile = true, ...childExtra } = extra;
+    const prof = process.env.BENCH_CPU_PROF && profile ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`, `--cpu-prof-interval=${process.env.BENCH_CPU_PROF_INTERVAL ?? 10_000}`] : [];
+    const child = fork(resolve('bench/agent-child.ts'), [JSON.stringify(config), JSON.stringify(childExtra)], {
+      execArgv: ['--import', 'tsx', ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []), ...prof],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     await new Promise<void>((ok, fail) => {

@@ -65,6 +65,10 @@ interface FleetView {
   connections: { open: number; peak: number; max: number; opened: number };
   traffic: { framesSent: number; framesReceived: number; bytesSent: number; bytesReceived: number };
   fallbacks: Record<string, number>;
+  /** Event-loop delay since the previous view (ms). */
+  loop: { p99: number; max: number };
+  /** Streams the agent answered since start, by protocol. */
+  streams: Record<string, number>;
 }
 
 interface Member {
@@ -80,6 +84,9 @@ const registry = await startRegistry();
 const origin = await startCountingProxy(registry);
 const zoneProxies = new Map<string, CountingProxy>();
 for (const zone of zoneNames) zoneProxies.set(zone, await startCountingProxy(origin.url));
+
+/** BENCH_CPU_PROF_AGENTS=0,1,33: with BENCH_CPU_PROF, only these agents are profiled. */
+const profiled = process.env.BENCH_CPU_PROF_AGENTS ? new Set(process.env.BENCH_CPU_PROF_AGENTS.split(',').map(Number)) : undefined;
 
 function bootstrapFor(i: number): { bootstrap: string[]; hosts?: Record<string, string[]> } {
   if (mode === 'one') return { bootstrap: i === 0 ? [] : [`${ip(0)}:${P2P_PORT}`] };
@@ -98,7 +105,7 @@ async function startAgent(i: number, run: number): Promise<Member> {
       p2p: { listen: [`/ip4/${ip(i)}/tcp/${P2P_PORT}`], bootstrap, zone, maxConnections },
       log: { level: process.env.BENCH_LOG ?? 'warn' },
     },
-    hosts ? { hosts } : {},
+    { ...(hosts && { hosts }), profile: profiled === undefined || profiled.has(i) },
   );
   const info = await agent.call<{ url: string }>({ cmd: 'info' });
   return { index: i, zone, host: info.url.replace('http://', ''), process: agent };
@@ -254,6 +261,14 @@ try {
       for (const [i, v] of views.entries()) {
         for (const [reason, count] of Object.entries(v.fallbacks)) fallbacks.set(reason, (fallbacks.get(reason) ?? 0) + count - (before[i]!.fallbacks[reason] ?? 0));
       }
+      // Streams answered per agent during the rollout, by protocol (each stream counted once, where it was answered).
+      const protocols = [...new Set(views.flatMap((v) => Object.keys(v.streams)))].sort();
+      const perAgent = (p: string) => views.map((v, i) => (v.streams[p] ?? 0) - (before[i]!.streams[p] ?? 0));
+      const streamLine = protocols.map((p) => `${p} ${median(perAgent(p)).toFixed(0)} (max ${Math.max(...perAgent(p))})`).join(', ');
+      const opened = views.map((v, i) => v.connections.opened - before[i]!.connections.opened);
+      // Event-loop delay over the rollout (the view before it reset the monitors).
+      const loopP99 = views.map((v) => v.loop.p99);
+      const loopMax = views.map((v) => v.loop.max);
       const rsses = await Promise.all(fleet.map(async (m) => (await rss(m.process.pid)).peak));
       const perZone = (f: (members: Member[]) => number) => new Map(zoneNames.map((z) => [z, f(fleet.filter((m) => m.zone === z))]));
       const row: Row = {
@@ -283,7 +298,9 @@ try {
             )
             .join('; ') +
           `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)}); connections opened at rest, fleet-wide: ${idleOpens.toFixed(1)}/s; ` +
-          `origin fallbacks (fetches by agents not elected): ${[...fallbacks].map(([r, c]) => `${r} ${c}`).join(', ') || 'none'}`,
+          `origin fallbacks (fetches by agents not elected): ${[...fallbacks].map(([r, c]) => `${r} ${c}`).join(', ') || 'none'}; ` +
+          `streams answered per agent in the rollout, median (max): ${streamLine}; connections opened per agent in the rollout: ${median(opened)} (max ${Math.max(...opened)}); ` +
+          `event-loop delay in the rollout, p99 per agent: median ${median(loopP99).toFixed(0)} ms (max ${Math.max(...loopP99).toFixed(0)}), longest stall ${Math.max(...loopMax).toFixed(0)} ms`,
       );
     } finally {
       // Also when something failed: no agent process may outlive the bench.

@@ -89,6 +89,7 @@ export class Agent {
         config.upstreams.maxRate === undefined ? undefined : new TokenBucket(config.upstreams.maxRate),
       );
       let planner: SourcePlanner = fixedPlan([origin]);
+      let peerPlanner: PeerPlanner | undefined;
       // Peers' long polls on the pieces protocol wait for news of a digest here.
       const news = new PieceNews();
       const partials = new Partials(join(config.storage.dir, 'tmp'), news);
@@ -121,6 +122,8 @@ export class Agent {
           benchProtocol: opts.benchProtocol ?? false,
           ...(opts.lookup !== undefined && { lookup: opts.lookup }),
           metricsRegistry: metrics.libp2p,
+          // Announcements of blobs taken from peers wait for the agent's downloads to end.
+          busy: () => (blobsRef.current?.downloads ?? 0) > 0,
           logger,
           blobs: localBlobs(
             store,
@@ -156,7 +159,9 @@ export class Agent {
               if (table) return { table, have: new Array<boolean>(table.hashes.length).fill(true) };
               const partial = partials.get(digest);
               if (partial?.table && partial.have.some(Boolean)) return { table: partial.table, have: [...partial.have] };
-              return partial || fromOrigin.has(digest) ? 'pending' : undefined;
+              // Also while this agent waits on the zone's fetcher that said it is downloading
+              // it: an agent the fetcher cannot take then waits too, rather than fail it over.
+              return partial || fromOrigin.has(digest) || peerPlanner?.hearsFetching(digest) ? 'pending' : undefined;
             },
             changed: (digest, signal) => news.next(digest, signal),
           },
@@ -171,7 +176,7 @@ export class Agent {
         const book = new PeerBook(config.p2p.zone, config.p2p.penaltyDuration);
         peerBook = book;
         const p2pLog = logger.child({ part: 'peers' });
-        planner = new PeerPlanner({
+        planner = peerPlanner = new PeerPlanner({
           swarm: node,
           self: { id: node.peerId, zone: config.p2p.zone },
           originFetchers: config.p2p.originFetchers,

@@ -53,6 +53,11 @@ export class BlobFetcher {
     return [...this.progress.values()].map((t) => ({ ...t, sources: [...t.sources] }));
   }
 
+  /** How many blobs are being downloaded now. */
+  get downloads(): number {
+    return this.flights.size;
+  }
+
   isDownloading(digest: string): boolean {
     return this.flights.has(digest);
   }

@@ -10,6 +10,9 @@ import type { Liveness } from '../p2p/membership/membership.js';
  *   waiting     a fetcher is downloading: long-poll it until it holds pieces (up to fetchWaitMs)
  *   retrying    the fetcher is a live member but did not answer (busy, at its connection
  *               limit, slow): keep trying with backoff, looking up other holders meanwhile
+ *   relayed     the fetcher is out of this agent's reach, but peers of the zone say the blob
+ *               is being fetched (they heard it from the fetcher, or are downloading it): long-
+ *               poll them (up to fetchWaitMs); they hold pieces soon
  *   found       peers of this zone hold pieces: take them from there            (final)
  *   origin      fetch it oneself (with other zones' holders, if any, as sources) (final)
  *
@@ -29,7 +32,7 @@ import type { Liveness } from '../p2p/membership/membership.js';
 /** How many fetcher timeouts a fetcher that membership holds alive may go without answering. */
 export const ALIVE_PATIENCE = 3;
 
-export type SearchStateName = 'asking' | 'requesting' | 'waiting' | 'retrying' | 'found' | 'origin';
+export type SearchStateName = 'asking' | 'requesting' | 'waiting' | 'retrying' | 'relayed' | 'found' | 'origin';
 
 export interface SearchContext {
   self: string;
@@ -53,7 +56,10 @@ export interface Observation {
   local: string[];
   /** Peers of other zones that hold verified pieces. */
   remote: string[];
-  /** Peers that said they are fetching it. */
+  /**
+   * Peers of this zone that said the blob is being fetched: a fetcher downloading it, or any
+   * other peer that heard so from its fetcher or is downloading it itself (a relay).
+   */
   pending: string[];
   /** Peers that answered that they neither hold nor fetch it. */
   refused: string[];
@@ -69,7 +75,8 @@ export type Step =
   | { state: 'found'; holders: string[] }
   | { state: 'origin'; holders: string[]; reason: string }
   | { state: 'requesting'; fetchers: string[] }
-  | { state: 'asking' | 'waiting' | 'retrying'; fetchers: string[] };
+  | { state: 'asking' | 'waiting' | 'retrying'; fetchers: string[] }
+  | { state: 'relayed'; fetchers: string[]; relays: string[] };
 
 export class HolderSearch {
   private current: SearchStateName = 'asking';
@@ -78,8 +85,15 @@ export class HolderSearch {
   /** When the current fetchers last answered at all (ms since start). */
   private heard = 0;
   private waitingSince: number | undefined;
+  /** When relays first spoke for the fetchers (ms since start). */
+  private relayedSince: number | undefined;
 
   constructor(private readonly ctx: SearchContext) {}
+
+  /** How many ranks of fetchers were given up on (diagnostics). */
+  get failovers(): number {
+    return this.rank;
+  }
 
   get state(): SearchStateName {
     return this.current;
@@ -118,6 +132,19 @@ export class HolderSearch {
       // It holds nothing and fetches nothing: ask it to, once per rank; then it is trusted to say.
       if (!this.requested) return this.enter({ state: 'requesting', fetchers });
       return this.failover(o, 'fetcher stopped fetching');
+    }
+    // Peers of the zone say it is being fetched while the fetchers do not answer this agent: at
+    // a fetcher's connection limit a third of its zone could not reach it, and each of those
+    // once failed it over for silence (at 64 agents, every blob of a zone fetched two or three
+    // times). The silence is this agent's, not the fetcher's: wait for the relays, which hold
+    // pieces soon. Only peers that heard the fetcher themselves (or download it) relay, so
+    // relays cannot keep each other waiting, and it ends at fetchWaitMs.
+    const relays = o.pending.filter((p) => !fetchers.includes(p) && p !== this.ctx.self);
+    if (answered.length === 0 && relays.length > 0) {
+      this.heard = o.now;
+      this.relayedSince ??= o.now;
+      if (o.now - this.relayedSince >= this.ctx.fetchWaitMs) return this.enter({ state: 'origin', holders: o.remote, reason: 'fetcher too slow' });
+      return this.enter({ state: 'relayed', fetchers, relays });
     }
     const alive = fetchers.some((f) => o.liveness(f) === 'alive');
     // It said it is downloading, and membership still hears from it: an unanswered poll means a
@@ -168,6 +195,7 @@ export class HolderSearch {
     this.requested = false;
     this.heard = now;
     this.waitingSince = undefined;
+    this.relayedSince = undefined;
     // If this agent is next, the next observation makes it the fetcher (after the DHT's say).
     return this.enter({ state: 'asking', fetchers: this.fetchers() });
   }

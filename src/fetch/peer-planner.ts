@@ -12,13 +12,32 @@ import type { BlobRequest, BlobSource, SourcePlanner } from './source.js';
 import type { PieceSource } from './swarm-download.js';
 import { SwarmSource, type RangeSource, type SwarmSourceEvents } from './swarm-source.js';
 
-/** How often a waiting agent asks the DHT again (when no fetcher is known), and the longest pause between its checks. */
+/**
+ * How often a waiting agent first seeks other holders (neighbours, the DHT), and the longest
+ * pause between its checks of a fetcher that does not answer. Both back off: every check is a
+ * stream (a dial, if the fetcher is at its limit), and at 64 agents on two cores an agent that
+ * kept checking every second for minutes was the load that kept its fetcher from answering.
+ */
 const LOOKUP_INTERVAL_MS = 3_000;
-const MAX_POLL_MS = 1_000;
-/** How long a peer fetching the blob may hold a waiting agent's question (a long poll). */
-const FETCHER_WAIT_MS = 2_000;
+const MAX_POLL_MS = 4_000;
+/** Seeking backs off to this many lookup intervals between rounds. */
+const MAX_SEEK_BACKOFF = 8;
+/**
+ * How long a peer fetching the blob may hold a waiting agent's question (a long poll). It is
+ * answered as soon as the peer holds a piece, so a longer hold costs no time, and each hold
+ * is one stream instead of four.
+ */
+export const FETCHER_WAIT_MS = 8_000;
 /** While a fetcher does not answer, membership neighbours are asked each lookup interval; the DHT every this many. */
 const NEIGHBOUR_ROUNDS_PER_LOOKUP = 4;
+/**
+ * How long one question to a peer may take (beyond a long poll's hold), dial included. A
+ * loaded peer answers late, and one asked again after a short timeout does the work twice: at 64
+ * agents on two cores nearly every unanswered question to a fetcher had timed out at 5 s, with
+ * its dial and handshake abandoned halfway, so the fetcher never caught up. A peer that is gone
+ * fails fast (refused) or leaves membership; the search's own patience decides, not this.
+ */
+const ASK_TIMEOUT_MS = 20_000;
 /** Ranks of fetchers given up on (each after originFetcherTimeout without an answer) before an agent fetches itself. */
 const MAX_FAILOVERS = 2;
 
@@ -81,6 +100,8 @@ export interface PeerPlannerOptions {
  */
 export class PeerPlanner implements SourcePlanner {
   private readonly pieces: PieceSource;
+  /** Digests whose search waits on a fetcher that says it is downloading them. */
+  private readonly fetching = new Set<string>();
 
   constructor(private readonly opts: PeerPlannerOptions) {
     const { swarm } = opts;
@@ -97,6 +118,15 @@ export class PeerPlanner implements SourcePlanner {
       openRange: async (peer, digest, offset, length, signal) =>
         (await swarm.openBlob(peer, digest, offset, { length, signal }))?.body,
     };
+  }
+
+  /**
+   * Whether this agent heard from the zone's fetcher that it is downloading the blob, and waits
+   * for it. A peer that asks is told the blob is being fetched, so an agent the fetcher cannot
+   * take (at its connection limit) waits with this one instead of failing the fetcher over.
+   */
+  hearsFetching(digest: string): boolean {
+    return this.fetching.has(digest);
   }
 
   async plan(request: BlobRequest): Promise<BlobSource[]> {
@@ -142,58 +172,80 @@ export class PeerPlanner implements SourcePlanner {
     let providers: string[] = [];
     /** Whether the DHT has been asked yet. */
     let consulted = false;
-    /** When alternatives to the fetchers (neighbours or the DHT) were last sought. */
+    /** When alternatives to the fetchers (neighbours or the DHT) were last sought, and how long until the next time. */
     let sought = -Infinity;
-    /** While there are neighbours to ask, when the DHT is asked next. */
+    let seekEvery = interval;
+    /** While there are neighbours to ask, when the DHT is asked. */
     let nextLookup = -Infinity;
     let pause = this.opts.pollMs ?? 200;
-    for (let round = 0; ; round++) {
-      const fetchers = search.fetchers();
-      const waiting = search.state === 'waiting';
-      // The zone's fetchers are asked first, without the DHT: a blob enters the zone through
-      // them, so in a rollout they hold it or are fetching it, and a whole zone asking the DHT
-      // at once cost each agent a query to every peer. Alternatives are sought when there is no
-      // other fetcher or they do not have it, and again every few seconds while nobody is known
-      // to be fetching it: first this agent's membership neighbours of the zone (connections it
-      // holds anyway; in a rollout they got it from the fetcher, or from theirs), the DHT less
-      // often. A fetcher at its connection limit answers only some of its zone; the rest took
-      // the blob from each other's neighbours instead of each asking the DHT, a walk over new
-      // connections, every 3 s (the larger part of a 32-agent rollout's CPU).
-      let extra: string[] = [];
-      const now = performance.now();
-      if (!waiting && (round > 0 || fetchers.length === 0) && now - sought >= interval) {
-        sought = now;
-        // A fetcher asks its neighbours too, with the DHT, before the origin: after a failover
-        // they may hold what the fetcher that left passed on.
-        extra = this.zoneNeighbours();
-        if (extra.length > 0 && nextLookup === -Infinity) nextLookup = now + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
-        if (fetchers.length === 0 || extra.length === 0 || now >= nextLookup) {
-          providers = [...new Set([...providers, ...(await this.lookup(digest))])];
-          consulted = true;
-          nextLookup = performance.now() + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
+    /** Peers of the zone that said last round that the blob is being fetched (HolderSearch's 'relayed'). */
+    let relays: string[] = [];
+    try {
+      for (let round = 0; ; round++) {
+        const fetchers = search.fetchers();
+        // Long polls (of a downloading fetcher, or of relays) wait by themselves: no seeking meanwhile.
+        const waiting = search.state === 'waiting' || search.state === 'relayed';
+        // The zone's fetchers are asked first, without the DHT: a blob enters the zone through
+        // them, so in a rollout they hold it or are fetching it, and a whole zone asking the DHT
+        // at once cost each agent a query to every peer. Alternatives are sought when there is no
+        // other fetcher or they do not have it, and again every few seconds while nobody is known
+        // to be fetching it: first this agent's membership neighbours of the zone (connections it
+        // holds anyway; in a rollout they got it from the fetcher, or from theirs), the DHT less
+        // often. A fetcher at its connection limit answers only some of its zone; the rest took
+        // the blob from each other's neighbours instead of each asking the DHT, a walk over new
+        // connections, every 3 s (the larger part of a 32-agent rollout's CPU).
+        let extra: string[] = [];
+        const now = performance.now();
+        if (!waiting && (round > 0 || fetchers.length === 0) && now - sought >= seekEvery) {
+          if (sought > -Infinity) seekEvery = Math.min(seekEvery * 2, interval * MAX_SEEK_BACKOFF);
+          sought = now;
+          // A fetcher asks its neighbours too, with the DHT, before the origin: after a failover
+          // they may hold what the fetcher that left passed on.
+          extra = this.zoneNeighbours();
+          if (extra.length > 0 && nextLookup === -Infinity) nextLookup = now + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
+          // Once per search: in a rollout the DHT names the fetchers this agent already knows
+          // (the rest announce later), and at 64 agents a walk every few seconds by every agent
+          // the fetcher could not answer was a large share of the fleet's CPU.
+          if (fetchers.length === 0 || (!consulted && (extra.length === 0 || now >= nextLookup))) {
+            providers = [...new Set([...providers, ...(await this.lookup(digest))])];
+            consulted = true;
+            nextLookup = performance.now() + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
+          }
         }
-      }
-      const left = this.opts.fetchWaitMs - elapsed();
-      const answers = await this.ask(digest, [...new Set([...fetchers, ...providers, ...extra])], waiting ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
-      let step = search.observe({ now: elapsed(), ...answers, consulted, liveness: (id) => swarm.liveness(id) });
-      if (step.state === 'requesting') {
-        // Nobody of the zone is fetching it yet: ask the fetchers to start now rather than wait
-        // for their own clients to need it.
-        const { accepted, failed } = await this.askToFetch(request, step.fetchers);
-        step = search.requestAnswered(elapsed(), accepted, failed);
-      }
-      if (step.state === 'found') return step.holders;
-      if (step.state === 'origin') {
-        if (step.reason !== 'elected') {
-          this.opts.logger.info({ digest, waitedMs: Math.round(elapsed()), reason: step.reason }, 'no peer of the zone got the blob: fetching it itself');
-          this.opts.events.originFallback?.(step.reason);
+        const left = this.opts.fetchWaitMs - elapsed();
+        const answers = await this.ask(digest, [...new Set([...fetchers, ...providers, ...extra, ...relays])], waiting ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
+        const failovers = search.failovers;
+        let step = search.observe({ now: elapsed(), ...answers, consulted, liveness: (id) => swarm.liveness(id) });
+        if (search.failovers > failovers) {
+          const said = (f: string) => (answers.pending.includes(f) ? 'pending' : answers.refused.includes(f) ? 'refused' : answers.unreachable.includes(f) ? `no answer (${answers.errors.get(f)})` : 'not asked');
+          this.opts.logger.info({ digest, waitedMs: Math.round(elapsed()), from: fetchers.map((f) => `${f}:${swarm.liveness(f)}:${said(f)}`), relays: answers.pending.length }, 'fetcher failed over');
         }
-        return step.holders;
-      }
-      if (step.state === 'waiting' || step.state === 'asking') continue; // a long poll waits by itself; a new fetcher is asked at once
-      // Jittered, so agents that failed together do not retry together.
-      await new Promise((resolve) => setTimeout(resolve, pause * (0.75 + Math.random() / 2)));
-      pause = Math.min(pause * 1.5, MAX_POLL_MS);
+        if (step.state === 'requesting') {
+          // Nobody of the zone is fetching it yet: ask the fetchers to start now rather than wait
+          // for their own clients to need it.
+          const { accepted, failed } = await this.askToFetch(request, step.fetchers);
+          step = search.requestAnswered(elapsed(), accepted, failed);
+        }
+        relays = step.state === 'relayed' ? step.relays : [];
+        // Peers that ask about the blob are told it is being fetched while the fetcher itself says so.
+        if (step.state === 'waiting') this.fetching.add(digest);
+        else this.fetching.delete(digest);
+        if (step.state === 'found') return step.holders;
+        if (step.state === 'origin') {
+          if (step.reason !== 'elected') {
+            const fetchers = search.fetchers().map((f) => `${f}:${swarm.liveness(f)}`);
+            this.opts.logger.info({ digest, waitedMs: Math.round(elapsed()), reason: step.reason, failovers: search.failovers, fetchers }, 'no peer of the zone got the blob: fetching it itself');
+            this.opts.events.originFallback?.(step.reason);
+          }
+          return step.holders;
+        }
+        if (step.state === 'waiting' || step.state === 'relayed' || step.state === 'asking') continue; // a long poll waits by itself; a new fetcher is asked at once
+        // Jittered, so agents that failed together do not retry together.
+        await new Promise((resolve) => setTimeout(resolve, pause * (0.75 + Math.random() / 2)));
+        pause = Math.min(pause * 1.5, MAX_POLL_MS);
+        }
+    } finally {
+      this.fetching.delete(digest);
     }
   }
 
@@ -203,7 +255,7 @@ export class PeerPlanner implements SourcePlanner {
     const answers = await Promise.all(
       fetchers.map(async (peer) => {
         try {
-          const ok = await this.opts.swarm.requestFetch(peer, { registry, repository, digest: digest.value }, { signal: AbortSignal.timeout(5_000) });
+          const ok = await this.opts.swarm.requestFetch(peer, { registry, repository, digest: digest.value }, { signal: AbortSignal.timeout(ASK_TIMEOUT_MS) });
           return { peer, ok, failed: false };
         } catch {
           return { peer, ok: false, failed: true };
@@ -232,7 +284,7 @@ export class PeerPlanner implements SourcePlanner {
     digest: string,
     providers: string[],
     waitMs: number,
-  ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[]; unreachable: string[] }> {
+  ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[]; unreachable: string[]; errors: Map<string, string> }> {
     const { book, self } = this.opts;
     const zones = this.zones();
     const ranked = book.rank(providers.map((id) => ({ id, ...this.link(id), ...(zones.has(id) && { zone: zones.get(id)! }) })));
@@ -242,11 +294,11 @@ export class PeerPlanner implements SourcePlanner {
       ranked.map(async (peer) => {
         const local = peer.zone === self.zone;
         try {
-          const answer = await this.opts.swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(5_000 + waitMs), ...wait });
+          const answer = await this.opts.swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(ASK_TIMEOUT_MS + waitMs), ...wait });
           return { id: peer.id, local, answer, failed: false };
-        } catch {
+        } catch (err) {
           // No answer (busy, slow, gone, at a connection limit) says nothing either way.
-          return { id: peer.id, local, answer: undefined, failed: true };
+          return { id: peer.id, local, answer: undefined, failed: true, error: (err as Error).message };
         }
       }),
     );
@@ -257,6 +309,7 @@ export class PeerPlanner implements SourcePlanner {
       pending: answers.filter((a) => a.local && a.answer === 'pending').map(({ id }) => id),
       refused: answers.filter((a) => !a.failed && a.answer === undefined).map(({ id }) => id),
       unreachable: answers.filter((a) => a.failed).map(({ id }) => id),
+      errors: new Map(answers.flatMap((a) => ('error' in a && a.error !== undefined ? [[a.id, a.error] as const] : []))),
     };
   }
 

@@ -20,6 +20,7 @@ import { MemberWire, membersProtocolId } from './membership/member-wire.js';
 import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
+import { StreamCounts } from './stream-counts.js';
 import type { Registry } from 'prom-client';
 import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, type LocalFetches } from './fetch-protocol.js';
 import { MAX_WAIT_MS, pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer, type PieceWait } from './piece-protocol.js';
@@ -70,6 +71,8 @@ const ANNOUNCE_DEBOUNCE_MS = 500;
  * to 20 messages, over new connections) was a large part of the rollout's CPU.
  */
 const DEFAULT_ANNOUNCE_LATER_MS = 120_000;
+/** How many announceLaterMs delays an announcement waits at most for the agent to be idle. */
+const MAX_LATER_ROUNDS = 4;
 const MAX_ANNOUNCE_RETRY_MS = 60_000;
 /** A connection without a stream at two checks this far apart, and not a membership link, is closed. */
 const IDLE_CONNECTION_MS = 20_000;
@@ -94,6 +97,13 @@ export interface P2PStartOptions extends P2POptions {
   provideTimeoutMs?: number;
   /** How long `provide(d, { later: true })` waits before it announces (default 2 min, plus up to as much again). */
   announceLaterMs?: number;
+  /**
+   * Whether this agent is downloading now. An announcement put off for later waits until it is
+   * not, for at most MAX_LATER_ROUNDS delays: at 64 agents a rollout outlasted the delay, and
+   * every agent's announcement of every blob (a DHT walk and a message to each closest peer)
+   * landed in the middle of it, where the zone's fetchers' announcements suffice.
+   */
+  busy?(): boolean;
   /** A prom-client registry for libp2p's own metrics (connections, streams, DHT, …). */
   metricsRegistry?: Registry;
   /** Membership timings (tests shorten them). */
@@ -128,6 +138,7 @@ export class P2PNode implements BenchDialer {
   private reaper: NodeJS.Timeout | undefined;
   private readonly provideTimeoutMs: number;
   private readonly announceLaterMs: number;
+  private readonly busy: (() => boolean) | undefined;
   /** Announcements put off by `provide(d, { later: true })`. */
   private readonly deferred = new Map<string, NodeJS.Timeout>();
   private readonly protocolPrefix: string;
@@ -141,6 +152,7 @@ export class P2PNode implements BenchDialer {
     readonly membership: Membership,
     private readonly wire: MemberWire,
     private readonly budget: ConnectionBudget,
+    private readonly streams: StreamCounts,
     opts: P2PStartOptions,
     log: Logger,
   ) {
@@ -151,6 +163,7 @@ export class P2PNode implements BenchDialer {
     this.protocolPrefix = opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX;
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
     this.announceLaterMs = opts.announceLaterMs ?? DEFAULT_ANNOUNCE_LATER_MS;
+    this.busy = opts.busy;
   }
 
   static async start(opts: P2PStartOptions): Promise<P2PNode> {
@@ -274,23 +287,24 @@ export class P2PNode implements BenchDialer {
       budget.opened(c.remotePeer.toString(), c.direction === 'inbound', c.remoteAddr.toString().split('/p2p/')[0]);
     });
 
+    const streams = new StreamCounts();
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
     const blobServer = new BlobServer({ blobs: opts.blobs, maxUploads, logger: log });
     // Streams beyond maxUploads must still open so the peer gets BUSY instead of a reset.
     const streamLimit = Math.max(256, maxUploads * 4);
-    await libp2p.handle(protocols.blob, blobServer.handle, {
+    await libp2p.handle(protocols.blob, streams.counted('blob', blobServer.handle), {
       maxInboundStreams: streamLimit,
       maxOutboundStreams: streamLimit,
     });
     // Piece info answers are small and quick: no upload limit, only libp2p's stream cap.
     const pieceServer = pieceInfoHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), askers: new Askers(), logger: log });
-    await libp2p.handle(pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX), pieceServer, {
+    await libp2p.handle(pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX), streams.counted('pieces', pieceServer), {
       maxInboundStreams: 256,
       maxOutboundStreams: 256,
     });
     await libp2p.handle(
       fetchProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX),
-      fetchRequestHandler({ ...(opts.fetches === undefined ? {} : { fetches: opts.fetches }), logger: log }),
+      streams.counted('fetch', fetchRequestHandler({ ...(opts.fetches === undefined ? {} : { fetches: opts.fetches }), logger: log })),
       { maxInboundStreams: 256, maxOutboundStreams: 256 },
     );
     if (opts.benchProtocol === true) {
@@ -313,7 +327,7 @@ export class P2PNode implements BenchDialer {
     });
     wire.attach(membership);
     linked = (peer) => membership.neighbours().includes(peer);
-    await libp2p.handle(wire.protocol, wire.handle, { maxInboundStreams: 64, maxOutboundStreams: 64 });
+    await libp2p.handle(wire.protocol, streams.counted('members', wire.handle), { maxInboundStreams: 64, maxOutboundStreams: 64 });
 
     const bootstrapper = new Bootstrapper({
       entries,
@@ -335,7 +349,7 @@ export class P2PNode implements BenchDialer {
     // would leave itself out of the answer.
     await libp2p.peerStore.merge(libp2p.peerId, { multiaddrs: libp2p.getMultiaddrs() });
 
-    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, wire, budget, opts, log);
+    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, wire, budget, streams, opts, log);
     p2p.watchPeers();
     if (opts.mdns) p2p.watchMdns();
     membership.start();
@@ -377,12 +391,14 @@ export class P2PNode implements BenchDialer {
     await pending;
   }
 
-  private announceLater(digest: string): void {
-    if (this.deferred.has(digest) || this.announcing.has(digest) || this.stopping) return;
+  private announceLater(digest: string, round = 1): void {
+    if ((round === 1 && this.deferred.has(digest)) || this.announcing.has(digest) || this.stopping) return;
     // Jittered, so a zone that got a blob together does not announce it together.
     const timer = setTimeout(() => {
       this.deferred.delete(digest);
-      if (this.provided.has(digest)) void this.provide(digest);
+      if (!this.provided.has(digest)) return;
+      if (round < MAX_LATER_ROUNDS && this.busy?.() === true) return this.announceLater(digest, round + 1);
+      void this.provide(digest);
     }, this.announceLaterMs * (1 + Math.random()));
     timer.unref();
     this.deferred.set(digest, timer);
@@ -546,6 +562,11 @@ export class P2PNode implements BenchDialer {
   }
 
   /** Open connections now, the most seen at once, and the bound. */
+  /** Streams answered since start, by protocol (Shoal's own; the DHT's are in libp2p's metrics). */
+  streamsAnswered(): Record<string, number> {
+    return this.streams.snapshot();
+  }
+
   connectionStats(): { open: number; peak: number; max: number; opened: number } {
     return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max, opened: this.budget.openedCount };
   }

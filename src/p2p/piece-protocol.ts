@@ -79,8 +79,11 @@ const MAX_PEER_ID_BYTES = 128;
  */
 export const MAX_TABLE_BYTES = 128 * 1024;
 const REQUEST_TIMEOUT_MS = 10_000;
-/** The longest a server holds a long poll: well inside the asker's answer timeout. */
-export const MAX_WAIT_MS = 4_000;
+/**
+ * The longest a server holds a long poll: well inside the asker's answer timeout. An older
+ * server holds 4 s at most, which an asker must accept (it asks again).
+ */
+export const MAX_WAIT_MS = 10_000;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });

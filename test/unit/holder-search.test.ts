@@ -119,6 +119,38 @@ describe('HolderSearch: the planner decision, one transition at a time', () => {
     expect(s.observe(seen({ now: 11_000, unreachable: ['f1'], ...dead }))).toEqual({ state: 'asking', fetchers: ['f2'] });
   });
 
+  it('retrying → relayed: the fetcher does not answer this agent, but a peer of the zone says it is being fetched', () => {
+    // At the fetcher's connection limit: this agent's silence, not the fetcher's.
+    const s = new HolderSearch(ctx);
+    expect(s.observe(seen({ now: 100, unreachable: ['f1'] })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 200, unreachable: ['f1'], pending: ['n'] }))).toEqual({ state: 'relayed', fetchers: ['f1'], relays: ['n'] });
+  });
+
+  it('relayed: no failover for the fetcher\'s silence while relays speak for it, even a suspected one', () => {
+    const s = new HolderSearch(ctx);
+    const suspect = { liveness: () => 'suspect' as const };
+    for (let t = 0; t <= 50_000; t += 5_000) expect(s.observe(seen({ now: t, unreachable: ['f1'], pending: ['n'], ...suspect })).state).toBe('relayed');
+  });
+
+  it('relayed → retrying when the relays fall silent, the fetcher timeout counting from their last word', () => {
+    const s = new HolderSearch(ctx);
+    const suspect = { liveness: () => 'suspect' as const };
+    s.observe(seen({ now: 20_000, unreachable: ['f1'], pending: ['n'], ...suspect }));
+    expect(s.observe(seen({ now: 29_999, unreachable: ['f1', 'n'], ...suspect })).state).toBe('retrying');
+    expect(s.observe(seen({ now: 30_000, unreachable: ['f1', 'n'], ...suspect }))).toEqual({ state: 'asking', fetchers: ['f2'] });
+  });
+
+  it('relayed → origin after fetchWaitMs of relays without a piece', () => {
+    const s = new HolderSearch(ctx);
+    s.observe(seen({ now: 1_000, unreachable: ['f1'], pending: ['n'] }));
+    expect(s.observe(seen({ now: 60_999, unreachable: ['f1'], pending: ['n'] })).state).toBe('relayed');
+    expect(s.observe(seen({ now: 61_000, unreachable: ['f1'], pending: ['n'] }))).toEqual({ state: 'origin', holders: [], reason: 'fetcher too slow' });
+  });
+
+  it('the fetcher\'s own word outranks a relay: one that fetches nothing is asked to', () => {
+    expect(new HolderSearch(ctx).observe(seen({ refused: ['f1'], pending: ['n'] }))).toEqual({ state: 'requesting', fetchers: ['f1'] });
+  });
+
   it('a fetcher that left membership is failed over at once', () => {
     expect(new HolderSearch(ctx).observe(seen({ now: 1, unreachable: ['f1'], liveness: (id) => (id === 'f1' ? 'gone' : 'alive') }))).toEqual({ state: 'asking', fetchers: ['f2'] });
   });

@@ -234,8 +234,8 @@ describe('P2PNode on loopback', () => {
   });
 
   /** Runs `body` counting B's DHT provide walks. */
-  async function countingWalks(body: (walks: () => number) => Promise<void>): Promise<void> {
-    const dht = b.libp2p.services.dht;
+  async function countingWalks(body: (walks: () => number) => Promise<void>, node = b): Promise<void> {
+    const dht = node.libp2p.services.dht;
     const original = dht.provide.bind(dht);
     let walks = 0;
     dht.provide = (...args: Parameters<typeof dht.provide>) => {
@@ -282,6 +282,31 @@ describe('P2PNode on loopback', () => {
     const e = fakeDigest('announced later');
     await soon.provide(e, { later: true });
     await until('found in the DHT', async () => (await a.findProviders(e, { timeoutMs: 1_000, max: 1 })).includes(soon.peerId));
+  });
+
+  it('holds an announcement put off for later while the node is busy downloading, for a bounded time', async () => {
+    let busy = true;
+    const node = await start('busy', new MemoryBlobs(), { bootstrap: [b.multiaddrs()[0]!], announceLaterMs: 100, busy: () => busy });
+    await until('busy in a routing table', () => routingTableSize(node) >= 1);
+    await countingWalks(async (walks) => {
+      await node.provide(fakeDigest('taken while busy'), { later: true });
+      // Past the first delay (100–200 ms) and short of the bound (four delays, ≥ 400 ms).
+      await new Promise((r) => setTimeout(r, 300));
+      expect(walks()).toBe(0);
+      busy = false;
+      await until('announced once idle', () => walks() === 1);
+      // Busy for good: announced anyway after four delays.
+      busy = true;
+      await node.provide(fakeDigest('taken while busy for good'), { later: true });
+      await until('announced after the bound', () => walks() === 2);
+    }, node);
+  });
+
+  it('counts the streams it answers, by protocol (the fleet\'s control traffic)', async () => {
+    const before = a.streamsAnswered().pieces ?? 0;
+    expect(await b.pieceInfo(a.peerId, fakeDigest('asked about'))).toBeUndefined();
+    expect(await b.pieceInfo(a.peerId, fakeDigest('asked about too'))).toBeUndefined();
+    expect(a.streamsAnswered().pieces).toBe(before + 2);
   });
 
   it('unprovide stops this node from advertising', async () => {

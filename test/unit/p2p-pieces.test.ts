@@ -232,7 +232,7 @@ describe('pieces protocol between two P2PNodes on loopback', () => {
       await until(() => piecesA.waits.get(d) === 1, 'the long poll to wait');
       controller.abort(new Error('asker gave up'));
       await expect(answer).rejects.toThrow();
-      // The stream's reset ends the wait well before the node's cap (MAX_WAIT_MS, 4 s) would.
+      // The stream's reset ends the wait well before the wait asked for (4 s) would.
       await until(() => piecesA.news.size === 0, 'the wait to end', 2500);
     });
 

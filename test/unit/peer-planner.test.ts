@@ -5,7 +5,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Grants } from '../../src/fetch/grants.js';
 import { Partials } from '../../src/fetch/partials.js';
-import { PeerPlanner, type PeerPlannerOptions, type Swarm } from '../../src/fetch/peer-planner.js';
+import { FETCHER_WAIT_MS, PeerPlanner, type PeerPlannerOptions, type Swarm } from '../../src/fetch/peer-planner.js';
 import type { PieceTable } from '../../src/fetch/piece-table.js';
 import { SwarmSource } from '../../src/fetch/swarm-source.js';
 import { parseDigest } from '../../src/oci/digest.js';
@@ -80,7 +80,7 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  function planner(self: string, swarm: FakeSwarm): PeerPlanner {
+  function planner(self: string, swarm: FakeSwarm, overrides: Partial<PeerPlannerOptions> = {}): PeerPlanner {
     const noop = (): void => undefined;
     return new PeerPlanner({
       swarm,
@@ -98,6 +98,7 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
       lookupTimeoutMs: 1_000,
       logger: pino({ level: 'silent' }),
       events: { penalised: noop, firstPiece: noop, badPeer: noop, peerFailed: noop, piece: noop, transferred: noop, bytes: noop, lookup: noop },
+      ...overrides,
     });
   }
   const request = { digest: parseDigest(digest), registry: 'r', repository: 'x' };
@@ -117,7 +118,7 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     // The first question is answered at once; the later ones are long polls for any piece.
     expect(swarm.asks[0]).toEqual({ peer: fetcher });
     expect(swarm.asks.length).toBeGreaterThan(1);
-    for (const ask of swarm.asks.slice(1)) expect(ask).toEqual({ peer: fetcher, known: 0, waitMs: 2_000 });
+    for (const ask of swarm.asks.slice(1)) expect(ask).toEqual({ peer: fetcher, known: 0, waitMs: FETCHER_WAIT_MS });
   });
 
   it('asks the DHT when the fetcher knows nothing of the blob and will not fetch it', async () => {
@@ -188,5 +189,43 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     const sources = await planner(fetcher, swarm).plan(request);
     expect(sources[0]).toBeInstanceOf(SwarmSource);
     expect(swarm.lookups).toBe(1);
+  });
+  it('says the blob is being fetched while its fetcher says it is downloading it, and not before or after', async () => {
+    let fetched = false;
+    const swarm = new FakeSwarm((peer) => (peer === fetcher && fetched ? holds : peer === fetcher ? 'pending' : undefined));
+    const agent = planner(other, swarm);
+    expect(agent.hearsFetching(digest)).toBe(false);
+    const plan = agent.plan(request);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(agent.hearsFetching(digest)).toBe(true);
+    fetched = true;
+    await plan;
+    expect(agent.hearsFetching(digest)).toBe(false);
+  });
+
+  it('an agent its fetcher cannot take waits with a neighbour that hears the fetcher downloading, long-polling it, and takes the pieces from it', async () => {
+    // The fetcher is at its connection limit: this agent never reaches it. Its neighbour does,
+    // and says the blob is being fetched; later it holds pieces.
+    let passedOn = false;
+    const swarm = new FakeSwarm((peer) => (peer === holder ? (passedOn ? holds : 'pending') : undefined));
+    swarm.silent.add(fetcher);
+    swarm.links = [holder];
+    const fallbacks: string[] = [];
+    const noop = (): void => undefined;
+    const events = { penalised: noop, firstPiece: noop, badPeer: noop, peerFailed: noop, piece: noop, transferred: noop, bytes: noop, lookup: noop, originFallback: (r: string) => fallbacks.push(r) };
+    // A fetcher timeout of 20 ms: without the relay, 300 ms of silence fail the fetcher over
+    // (three timeouts for a live one), and then the ranks down to the origin.
+    const plan = planner(other, swarm, { fetcherTimeoutMs: 20, events }).plan(request);
+    await new Promise((r) => setTimeout(r, 300));
+    passedOn = true;
+    const sources = await plan;
+    expect(sources[0]).toBeInstanceOf(SwarmSource);
+    const relayAsks = swarm.asks.filter((a) => a.peer === holder);
+    // Asked once as a neighbour, then long-polled as a relay; never the DHT meanwhile.
+    expect(relayAsks[0]).toEqual({ peer: holder });
+    expect(relayAsks.length).toBeGreaterThan(1);
+    for (const ask of relayAsks.slice(1)) expect(ask).toEqual({ peer: holder, known: 0, waitMs: FETCHER_WAIT_MS });
+    expect(swarm.lookups).toBe(0);
+    expect(fallbacks).toEqual([]);
   });
 });
