@@ -28,7 +28,7 @@ const MAX_SEEK_BACKOFF = 8;
  * is one stream instead of four.
  */
 export const FETCHER_WAIT_MS = 8_000;
-/** While a fetcher does not answer, membership neighbours are asked each lookup interval; the DHT every this many. */
+/** While a fetcher does not answer, membership neighbours are asked first; the DHT once, after this many lookup intervals. */
 const NEIGHBOUR_ROUNDS_PER_LOOKUP = 4;
 /**
  * How long one question to a peer may take (beyond a long poll's hold), dial included. A
@@ -209,7 +209,6 @@ export class PeerPlanner implements SourcePlanner {
           if (fetchers.length === 0 || (!consulted && (extra.length === 0 || now >= nextLookup))) {
             providers = [...new Set([...providers, ...(await this.lookup(digest))])];
             consulted = true;
-            nextLookup = performance.now() + interval * NEIGHBOUR_ROUNDS_PER_LOOKUP;
           }
         }
         const left = this.opts.fetchWaitMs - elapsed();
