@@ -193,6 +193,7 @@ export class Agent {
           hashing,
           events: {
             peerFailed: (peer, error) => {
+              p2pLog.debug({ peer, err: (error as Error)?.message }, 'peer failed a request');
               book.failed(peer);
               metrics.peerFailures.inc({ reason: reasonOf(error) });
             },

@@ -140,8 +140,8 @@ export class PeerPlanner implements SourcePlanner {
     if (holders.length === 0) return [origin];
     const { partials, events, logger, hashing } = this.opts;
     // A stalled swarm asks the zone again (a new search) before any byte comes from the origin.
-    const more = async (): Promise<string[]> => {
-      const found = await this.holders(request);
+    const more = async (_signal: AbortSignal, missing?: ReadonlySet<number>): Promise<string[]> => {
+      const found = await this.holders(request, missing);
       const zones = this.zones();
       return found.filter((id) => zones.get(id) === this.opts.self.zone);
     };
@@ -152,9 +152,10 @@ export class PeerPlanner implements SourcePlanner {
    * Peers holding verified pieces of the blob, best first; empty: fetch it from the origin. The
    * decision is HolderSearch's (holder-search.ts); this loop does its I/O: asks the zone's
    * fetchers and the DHT's providers what they hold, long-polls a fetcher that is downloading,
-   * and asks a fetcher to start.
+   * and asks a fetcher to start. `wanted`: the pieces a stalled download still lacks; a peer
+   * holding none of them is no holder (a fetcher among them is downloading: it is waited for).
    */
-  private async holders(request: BlobRequest): Promise<string[]> {
+  async holders(request: BlobRequest, wanted?: ReadonlySet<number>): Promise<string[]> {
     const { swarm, self } = this.opts;
     const digest = request.digest.value;
     const started = performance.now();
@@ -180,6 +181,8 @@ export class PeerPlanner implements SourcePlanner {
     let pause = this.opts.pollMs ?? 200;
     /** Peers of the zone that said last round that the blob is being fetched (HolderSearch's 'relayed'). */
     let relays: string[] = [];
+    /** Pieces each peer held at its last answer: a long poll waits for more than that. */
+    const held = new Map<string, number>();
     try {
       for (let round = 0; ; round++) {
         const fetchers = search.fetchers();
@@ -212,9 +215,14 @@ export class PeerPlanner implements SourcePlanner {
           }
         }
         const left = this.opts.fetchWaitMs - elapsed();
-        const answers = await this.ask(digest, [...new Set([...fetchers, ...providers, ...extra, ...relays])], waiting ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0);
+        const answers = await this.ask(digest, [...new Set([...fetchers, ...providers, ...extra, ...relays])], waiting ? Math.max(0, Math.min(FETCHER_WAIT_MS, left)) : 0, wanted, held);
+        // A fetcher that holds only pieces this agent has is still downloading the blob: it is
+        // waited for like one that holds none yet. When a fetcher died uploading, its zone held
+        // the same few pieces each; taking each other for holders, every agent then fetched the
+        // missing pieces from the origin itself, after a stall of each round of asking.
+        const pending = [...answers.pending, ...answers.downloading.filter((id) => fetchers.includes(id))];
         const failovers = search.failovers;
-        let step = search.observe({ now: elapsed(), ...answers, consulted, liveness: (id) => swarm.liveness(id) });
+        let step = search.observe({ now: elapsed(), ...answers, pending, consulted, liveness: (id) => swarm.liveness(id) });
         if (search.failovers > failovers) {
           const said = (f: string) => (answers.pending.includes(f) ? 'pending' : answers.refused.includes(f) ? 'refused' : answers.unreachable.includes(f) ? `no answer (${answers.errors.get(f)})` : 'not asked');
           this.opts.logger.info({ digest, waitedMs: Math.round(elapsed()), from: fetchers.map((f) => `${f}:${swarm.liveness(f)}:${said(f)}`), relays: answers.pending.length }, 'fetcher failed over');
@@ -283,17 +291,20 @@ export class PeerPlanner implements SourcePlanner {
     digest: string,
     providers: string[],
     waitMs: number,
-  ): Promise<{ local: string[]; remote: string[]; pending: string[]; refused: string[]; unreachable: string[]; errors: Map<string, string> }> {
+    wanted: ReadonlySet<number> | undefined,
+    held: Map<string, number>,
+  ): Promise<{ local: string[]; remote: string[]; pending: string[]; downloading: string[]; refused: string[]; unreachable: string[]; errors: Map<string, string> }> {
     const { book, self } = this.opts;
     const zones = this.zones();
     const ranked = book.rank(providers.map((id) => ({ id, ...this.link(id), ...(zones.has(id) && { zone: zones.get(id)! }) })));
-    // Every provider asked holds nothing yet (else the wait is over), so news is any piece.
-    const wait = waitMs > 0 ? { wait: { known: 0, waitMs } } : {};
     const answers = await Promise.all(
       ranked.map(async (peer) => {
         const local = peer.zone === self.zone;
+        // Every provider asked holds nothing wanted yet (else the wait is over), so news is a piece more than it had.
+        const wait = waitMs > 0 ? { wait: { known: held.get(peer.id) ?? 0, waitMs } } : {};
         try {
           const answer = await this.opts.swarm.pieceInfo(peer.id, digest, { signal: AbortSignal.timeout(ASK_TIMEOUT_MS + waitMs), ...wait });
+          if (typeof answer === 'object') held.set(peer.id, answer.have.filter(Boolean).length);
           return { id: peer.id, local, answer, failed: false };
         } catch (err) {
           // No answer (busy, slow, gone, at a connection limit) says nothing either way.
@@ -301,11 +312,13 @@ export class PeerPlanner implements SourcePlanner {
         }
       }),
     );
-    const holds = (a: (typeof answers)[number]) => typeof a.answer === 'object' && a.answer.have.some(Boolean);
+    const holds = (a: (typeof answers)[number]) => typeof a.answer === 'object' && a.answer.have.some((has, i) => has && (wanted === undefined || wanted.has(i)));
     return {
       local: answers.filter((a) => a.local && holds(a)).map(({ id }) => id),
       remote: answers.filter((a) => !a.local && holds(a)).map(({ id }) => id),
       pending: answers.filter((a) => a.local && a.answer === 'pending').map(({ id }) => id),
+      // Pieces, but none wanted: a peer assembling the blob too (only partials answer with gaps).
+      downloading: answers.filter((a) => a.local && typeof a.answer === 'object' && !holds(a)).map(({ id }) => id),
       refused: answers.filter((a) => !a.failed && a.answer === undefined).map(({ id }) => id),
       unreachable: answers.filter((a) => a.failed).map(({ id }) => id),
       errors: new Map(answers.flatMap((a) => ('error' in a && a.error !== undefined ? [[a.id, a.error] as const] : []))),

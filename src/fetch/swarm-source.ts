@@ -49,9 +49,11 @@ export interface SwarmSourceOptions {
   /**
    * Asked when the swarm could not finish (its peers failed, were busy or at their connection
    * limits): fresh holders of this zone to go on with, or none to give up on the swarm. So a
-   * slow swarm sends an agent back to its zone before it sends it to the origin.
+   * slow swarm sends an agent back to its zone before it sends it to the origin. `missing`:
+   * the pieces still wanted (once a table is known), so peers that hold only what this agent
+   * has already are not handed back as holders.
    */
-  more?(signal: AbortSignal): Promise<string[]>;
+  more?(signal: AbortSignal, missing?: ReadonlySet<number>): Promise<string[]>;
   /** Hashes off the event loop; without it, pieces and the whole blob are hashed inline. */
   hashing?: HashWorker;
 }
@@ -128,7 +130,8 @@ export class SwarmSource implements BlobSource {
       let result = await download(this.opts.providers);
       for (let round = 1; !result.complete && this.opts.more !== undefined && round <= MORE_ROUNDS; round++) {
         await sleep(RETRY_PAUSE_MS * (0.5 + Math.random()), signal);
-        const providers = await this.opts.more(signal);
+        const missing = result.table && new Set(result.have.flatMap((held, index) => (held ? [] : [index])));
+        const providers = await this.opts.more(signal, missing);
         if (providers.length === 0) break;
         this.opts.logger.debug({ digest, round, providers: providers.length }, 'swarm stalled: going on with fresh holders of the zone');
         result = await download(providers, result.table && { table: result.table, have: result.have });

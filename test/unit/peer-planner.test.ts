@@ -43,7 +43,11 @@ class FakeSwarm implements Swarm {
     this.asks.push({ peer: peerId, ...opts?.wait });
     if (this.silent.has(peerId)) throw new Error('no answer');
     const until = Date.now() + Math.min(50, opts?.wait?.waitMs ?? 0);
-    while (typeof this.answer(peerId) !== 'object' && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    const news = () => {
+      const a = this.answer(peerId);
+      return typeof a === 'object' && a.have.filter(Boolean).length > (opts?.wait?.known ?? 0);
+    };
+    while (!news() && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
     return this.answer(peerId);
   }
   async openBlob(): Promise<undefined> {
@@ -201,6 +205,23 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     fetched = true;
     await plan;
     expect(agent.hearsFetching(digest)).toBe(false);
+  });
+
+  it('a stalled download is not handed peers that hold only pieces it has: it waits for its fetcher, which is still downloading, to get the rest', async () => {
+    // The fetcher died uploading piece 1: every agent of the zone holds piece 0 only. The next
+    // fetcher (here `fetcher`) gets piece 1 from the origin after a while.
+    const two: PieceTable = { size: 8 * 1024 * 1024, pieceSize: 4 * 1024 * 1024, hashes: ['00'.repeat(32), '11'.repeat(32)] };
+    let fetched = false;
+    const swarm = new FakeSwarm((peer) => (peer === fetcher ? { table: two, have: [true, fetched] } : peer === holder ? { table: two, have: [true, false] } : undefined));
+    swarm.links = [holder];
+    const found = planner(other, swarm).holders(request, new Set([1]));
+    await new Promise((r) => setTimeout(r, 300));
+    fetched = true;
+    expect(await found).toEqual([fetcher]);
+    // The fetcher was long-polled for a piece more than the one it had.
+    const polls = swarm.asks.filter((a) => a.peer === fetcher).slice(1);
+    expect(polls.length).toBeGreaterThan(0);
+    for (const ask of polls) expect(ask).toEqual({ peer: fetcher, known: 1, waitMs: FETCHER_WAIT_MS });
   });
 
   it('an agent its fetcher cannot take waits with a neighbour that hears the fetcher downloading, long-polling it, and takes the pieces from it', async () => {
