@@ -50,6 +50,7 @@ process.on('message', (message: Command) => {
             zoneMembers: 1 + members.filter((m) => m.zone === zone).length,
             allMembers: 1 + members.length,
             connections: agent.p2p!.connectionStats(),
+            dials: agent.p2p!.dialsByCause(),
             traffic: agent.p2p!.membershipTraffic(),
             // Why this agent went to the origin for blobs it was not elected for.
             fallbacks: Object.fromEntries((await agent.metrics.originFallbacks.get()).values.map((v) => [String(v.labels.reason), v.value])),

@@ -63,6 +63,8 @@ interface FleetView {
   zoneMembers: number;
   allMembers: number;
   connections: { open: number; peak: number; max: number; opened: number };
+  /** Dial attempts since start, by cause, and connections dialled (`connected`). */
+  dials: Record<string, number>;
   traffic: { framesSent: number; framesReceived: number; bytesSent: number; bytesReceived: number };
   fallbacks: Record<string, number>;
   /** Event-loop delay since the previous view (ms). */
@@ -266,6 +268,10 @@ try {
       const perAgent = (p: string) => views.map((v, i) => (v.streams[p] ?? 0) - (before[i]!.streams[p] ?? 0));
       const streamLine = protocols.map((p) => `${p} ${median(perAgent(p)).toFixed(0)} (max ${Math.max(...perAgent(p))})`).join(', ');
       const opened = views.map((v, i) => v.connections.opened - before[i]!.connections.opened);
+      // Dial attempts per agent during the rollout, by cause, and the connections it did dial.
+      const causes = [...new Set(views.flatMap((v) => Object.keys(v.dials)))].sort();
+      const dialsOf = (c: string) => views.map((v, i) => (v.dials[c] ?? 0) - (before[i]!.dials[c] ?? 0));
+      const dialLine = causes.map((c) => `${c} ${median(dialsOf(c)).toFixed(0)} (max ${Math.max(...dialsOf(c))})`).join(', ');
       // Event-loop delay over the rollout (the view before it reset the monitors).
       const loopP99 = views.map((v) => v.loop.p99);
       const loopMax = views.map((v) => v.loop.max);
@@ -299,7 +305,7 @@ try {
             .join('; ') +
           `; idle membership per agent: median ${median(idleFrames).toFixed(1)} frames/s, ${median(idleBytes).toFixed(0)} B/s (max ${Math.max(...idleBytes).toFixed(0)} B/s), CPU ${(1000 * median(idleCpu)).toFixed(0)} ms/s (max ${(1000 * Math.max(...idleCpu)).toFixed(0)}); connections opened at rest, fleet-wide: ${idleOpens.toFixed(1)}/s; ` +
           `origin fallbacks (fetches by agents not elected): ${[...fallbacks].map(([r, c]) => `${r} ${c}`).join(', ') || 'none'}; ` +
-          `streams answered per agent in the rollout, median (max): ${streamLine}; connections opened per agent in the rollout: ${median(opened)} (max ${Math.max(...opened)}); ` +
+          `streams answered per agent in the rollout, median (max): ${streamLine}; connections opened per agent in the rollout: ${median(opened)} (max ${Math.max(...opened)}), dial attempts by cause: ${dialLine}; ` +
           `event-loop delay in the rollout, p99 per agent: median ${median(loopP99).toFixed(0)} ms (max ${Math.max(...loopP99).toFixed(0)}), longest stall ${Math.max(...loopMax).toFixed(0)} ms`,
       );
     } finally {

@@ -108,10 +108,16 @@ export class ConnectionBudget {
   }
 
   private openedTotal = 0;
+  private dialledTotal = 0;
 
   /** Connections opened since start, both ways (diagnostics: the churn at rest). */
   get openedCount(): number {
     return this.openedTotal;
+  }
+
+  /** Of those, the ones this agent dialled. */
+  get dialledCount(): number {
+    return this.dialledTotal;
   }
 
   /** Call on every opened connection; an inbound one with the remote address its handshake was admitted under. */
@@ -122,6 +128,7 @@ export class ConnectionBudget {
       const key = remote !== undefined && this.pendingInbound.has(remote) ? remote : this.pendingInbound.keys().next().value;
       if (key !== undefined) this.pendingInbound.delete(key);
     } else {
+      this.dialledTotal++;
       const i = this.reserved.findIndex((r) => r.peer === peer);
       if (i >= 0) this.reserved.splice(i, 1);
     }

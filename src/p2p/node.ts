@@ -141,6 +141,8 @@ export class P2PNode implements BenchDialer {
   private readonly busy: (() => boolean) | undefined;
   /** Announcements put off by `provide(d, { later: true })`. */
   private readonly deferred = new Map<string, NodeJS.Timeout>();
+  /** Dials openStream attempted, by protocol (diagnostics). */
+  private readonly dials = new Map<string, number>();
   private readonly protocolPrefix: string;
 
   private constructor(
@@ -518,6 +520,7 @@ export class P2PNode implements BenchDialer {
     const conn = this.libp2p.getConnections(id).find((c) => c.status === 'open');
     const options = signal === undefined ? {} : { signal };
     if (conn !== undefined) return conn.newStream(protocol, options);
+    this.dials.set(protocol, (this.dials.get(protocol) ?? 0) + 1);
     // Not connected: dial on demand, at the addresses membership gossiped (the peer store may
     // never have heard of a member this agent was not connected to).
     const addrs = this.membership.table.get(peerId)?.addrs ?? [];
@@ -569,6 +572,17 @@ export class P2PNode implements BenchDialer {
 
   connectionStats(): { open: number; peak: number; max: number; opened: number } {
     return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max, opened: this.budget.openedCount };
+  }
+
+  /**
+   * Diagnostics: dials this agent attempted on demand since start (no connection was open), by
+   * cause: Shoal's protocols (by name) and membership; and `connected`, the connections it did
+   * dial, whatever the cause (libp2p's own, the DHT's, included). Attempts joined to a dial in
+   * flight, refused or timed out count too, so attempts may exceed connections.
+   */
+  dialsByCause(): Record<string, number> {
+    const ours = Object.fromEntries([...this.dials].map(([protocol, n]) => [protocol.split('/').slice(-2, -1)[0] ?? protocol, n]));
+    return { ...ours, members: this.wire.traffic.dials, connected: this.budget.dialledCount };
   }
 
   /** Idle connections (no stream, not a membership link) are closed after a while. */

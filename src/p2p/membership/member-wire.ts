@@ -116,11 +116,13 @@ class WireLink implements Link {
 export interface WireTraffic {
   bytesSent: number;
   bytesReceived: number;
+  /** Connections membership dialled (it had none to the member). */
+  dials: number;
 }
 
 export class MemberWire implements LinkTransport {
   private membership: Membership | undefined;
-  readonly traffic: WireTraffic = { bytesSent: 0, bytesReceived: 0 };
+  readonly traffic: WireTraffic = { bytesSent: 0, bytesReceived: 0, dials: 0 };
 
   constructor(
     private readonly libp2p: Libp2p,
@@ -144,6 +146,7 @@ export class MemberWire implements LinkTransport {
     if (conn === undefined) {
       const addrs = target.addrs.map((a) => multiaddr(a));
       if (addrs.length === 0) throw new Error('member has no address');
+      this.traffic.dials++;
       conn = await this.libp2p.dial(addrs.length === 1 ? addrs[0]! : addrs, { signal });
     }
     const stream = await conn.newStream(this.protocol, { signal });
