@@ -95,9 +95,17 @@ export interface SwarmDownloadResult {
 const DEFAULT_MAX_IN_FLIGHT_PER_PEER = 2;
 const MAX_BUFFERED_BYTES = 32 * 1024 * 1024;
 const DEFAULT_REFRESH_MS = 500;
-const DEFAULT_POLL_WAIT_MS = 2000;
+/**
+ * A long poll returns at the provider's next piece, so a longer one costs no latency; it only
+ * spares the stream each way that every empty return costs (at 64 agents an idle provider's
+ * polls every 2 s were much of the 220 pieces streams each agent answered per rollout). Under
+ * the protocol's cap (MAX_WAIT_MS); a stall is judged by its own timer, not by these.
+ */
+const DEFAULT_POLL_WAIT_MS = 8000;
 /** Peers one download asks at most (those it started with, and those it was told of). */
 const MAX_PEERS = 32;
+/** However few its pieces, a download may take on this many peers (alternatives when some fail). */
+const MIN_NAMED_PEERS = 4;
 const DEFAULT_STALL_MS = 3000;
 const DEFAULT_PIECE_IDLE_TIMEOUT_MS = 10_000;
 const DEFAULT_INFO_TIMEOUT_MS = 5000;
@@ -484,14 +492,26 @@ class SwarmDownload {
   private addPeers(ids: readonly string[] | undefined): void {
     if (ids === undefined) return;
     const known = new Set(this.peers.map((p) => p.id));
+    const limit = this.peerLimit();
     for (const id of ids) {
-      if (this.peers.length >= MAX_PEERS) return;
+      if (this.peers.length >= limit) return;
       if (typeof id !== 'string' || known.has(id)) continue;
       known.add(id);
       const peer = newPeer(id);
       this.peers.push(peer);
       this.queueInfo(peer);
     }
+  }
+
+  /**
+   * Peers the download takes on at most: no more than its pieces can keep busy (each piece is
+   * asked of MAX_REQUESTS_PER_PIECE peers at most), and never fewer than MIN_NAMED_PEERS. A
+   * one-piece layer asked of the 31 others of a zone that peer exchange named cost a dial to
+   * each (108 dial attempts per agent per rollout at 64 agents, 8 MiB image).
+   */
+  private peerLimit(): number {
+    if (this.table === undefined) return MAX_PEERS;
+    return Math.min(MAX_PEERS, Math.max(MIN_NAMED_PEERS, MAX_REQUESTS_PER_PIECE * pieceCount(this.table)));
   }
 
   private hasUnrequested(bits: boolean[]): boolean {

@@ -498,6 +498,23 @@ describe('swarmDownload', () => {
     expect(swarm.requestsTo('x').length).toBe(requestsToXAtDrop);
   });
 
+  it('takes on no more named peers than its pieces can keep busy (two per piece)', async () => {
+    // a names thirty others; the blob's 11 pieces, each asked of two peers at most, use 22.
+    const named = Array.from({ length: 30 }, (_, i) => `p${i}`);
+    const swarm = new FakeSwarm({ a: { have: all(), chunkDelayMs: 5 }, ...Object.fromEntries(named.map((id) => [id, { have: all() }])) });
+    const source: PieceSource = {
+      pieceInfo: async (peer, d, signal) => {
+        const answer = await swarm.pieceInfo(peer, d, signal);
+        return peer === 'a' && answer !== undefined ? { ...answer, peers: named } : answer;
+      },
+      openRange: (peer, d, offset, length, signal) => swarm.openRange(peer, d, offset, length, signal),
+    };
+    const result = await run(swarm, { source, providers: ['a'] }).promise;
+    expect(result.complete).toBe(true);
+    expect(await fileDigest()).toBe(digest);
+    expect(swarm.infoCalls.size).toBe(2 * COUNT);
+  });
+
   it('keeps asking a busy peer: busy answers are not failures', async () => {
     // More busy answers than failures (3) or the old busy limit (10) would have allowed.
     let busyLeft = 12;
