@@ -224,7 +224,7 @@ export class PeerPlanner implements SourcePlanner {
         const failovers = search.failovers;
         let step = search.observe({ now: elapsed(), ...answers, pending, consulted, liveness: (id) => swarm.liveness(id) });
         if (search.failovers > failovers) {
-          const said = (f: string) => (answers.pending.includes(f) ? 'pending' : answers.refused.includes(f) ? 'refused' : answers.unreachable.includes(f) ? `no answer (${answers.errors.get(f)})` : 'not asked');
+          const said = (f: string) => (pending.includes(f) ? 'pending' : answers.refused.includes(f) ? 'refused' : answers.unreachable.includes(f) ? `no answer (${answers.errors.get(f)})` : 'not asked');
           this.opts.logger.info({ digest, waitedMs: Math.round(elapsed()), from: fetchers.map((f) => `${f}:${swarm.liveness(f)}:${said(f)}`), relays: answers.pending.length }, 'fetcher failed over');
         }
         if (step.state === 'requesting') {
@@ -250,7 +250,7 @@ export class PeerPlanner implements SourcePlanner {
         // Jittered, so agents that failed together do not retry together.
         await new Promise((resolve) => setTimeout(resolve, pause * (0.75 + Math.random() / 2)));
         pause = Math.min(pause * 1.5, MAX_POLL_MS);
-        }
+      }
     } finally {
       this.fetching.delete(digest);
     }

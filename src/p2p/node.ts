@@ -564,12 +564,12 @@ export class P2PNode implements BenchDialer {
     return this.budget.usage();
   }
 
-  /** Open connections now, the most seen at once, and the bound. */
   /** Streams answered since start, by protocol (Shoal's own; the DHT's are in libp2p's metrics). */
   streamsAnswered(): Record<string, number> {
     return this.streams.snapshot();
   }
 
+  /** Open connections now, the most seen at once, and the bound. */
   connectionStats(): { open: number; peak: number; max: number; opened: number } {
     return { open: this.libp2p.getConnections().length, peak: this.budget.peak, max: this.budget.max, opened: this.budget.openedCount };
   }
