@@ -25,8 +25,22 @@ export interface AgentProcess {
   stderr(): string;
 }
 
-/** Runs `shoal agent --config FILE` as a separate process, as a node would, on a free port. */
+/**
+ * Runs `shoal agent --config FILE` as a separate process, as a node would, on a free port. The
+ * port is free when picked but may be taken before the agent binds it (another test's process
+ * got it first): the agent then exits with EADDRINUSE, and a new port is tried.
+ */
 export async function startAgentProcess(config: Record<string, unknown>): Promise<AgentProcess> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startAgentProcessOnce(config);
+    } catch (err) {
+      if (attempt >= 3 || !String(err).includes('EADDRINUSE')) throw err;
+    }
+  }
+}
+
+async function startAgentProcessOnce(config: Record<string, unknown>): Promise<AgentProcess> {
   const dir = await makeTempDir('shoal-agentproc-');
   const port = await freePort();
   const full = {
@@ -54,6 +68,7 @@ export async function startAgentProcess(config: Record<string, unknown>): Promis
     });
   } catch (err) {
     await stop();
+    await removeTempDir(dir);
     throw new Error(`agent did not become ready: ${String(err)}\n${stderr}`);
   }
   return {
