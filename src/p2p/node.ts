@@ -23,6 +23,9 @@ import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { StreamCounts } from './stream-counts.js';
 import type { Registry } from 'prom-client';
 import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, type LocalFetches } from './fetch-protocol.js';
+import { swarmProtocolId, swarmWireHandler } from './swarm-wire.js';
+import { SwarmSessions } from './swarm-sessions.js';
+import { UploadGate } from './upload-gate.js';
 import { MAX_WAIT_MS, pieceInfoHandler, pieceProtocolId, requestPieceInfo, type LocalPieces, type PieceAnswer, type PieceWait } from './piece-protocol.js';
 import {
   DEFAULT_BOOTSTRAP_INTERVAL_MS,
@@ -110,6 +113,17 @@ export interface P2PStartOptions extends P2POptions {
   membership?: Pick<MembershipOptions, 'suspicionMs' | 'linkTimeoutMs' | 'pingIntervalMs' | 'targetLinks' | 'maxLinks' | 'syncIntervalMs'>;
   /** Called when the live membership changes. */
   onMembersChanged?(): void;
+  /**
+   * Speak only the one-question-per-stream protocols (pieces, blob ranges), neither answering
+   * nor asking on the swarm wire: an agent of the previous release, for mixed-version tests.
+   */
+  legacyWire?: boolean;
+  /**
+   * Ask on the swarm wire (one session per peer and blob) instead of one question per stream.
+   * Off by default until the integration suite passes with it (see issue 11's note); the
+   * handler answers either way, so agents that ask on it can trade with every agent.
+   */
+  swarmWire?: boolean;
 }
 
 export interface PeerSummary {
@@ -144,6 +158,11 @@ export class P2PNode implements BenchDialer {
   /** Dials openStream attempted, by protocol (diagnostics). */
   private readonly dials = new Map<string, number>();
   private readonly protocolPrefix: string;
+  private readonly legacyWire: boolean;
+  /** Swarm sessions this agent opened, one per peer and blob. */
+  private readonly sessions: SwarmSessions;
+  /** Peers that do not speak the swarm wire (an older release): asked one question per stream. */
+  private readonly legacyPeers = new Set<string>();
 
   private constructor(
     /** The libp2p node, for tests and diagnostics; the rest of Shoal uses the methods. */
@@ -166,6 +185,9 @@ export class P2PNode implements BenchDialer {
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
     this.announceLaterMs = opts.announceLaterMs ?? DEFAULT_ANNOUNCE_LATER_MS;
     this.busy = opts.busy;
+    this.legacyWire = opts.legacyWire === true || opts.swarmWire !== true;
+    const swarmProtocol = swarmProtocolId(this.protocolPrefix);
+    this.sessions = new SwarmSessions({ open: (peer, signal) => this.openStream(peer, swarmProtocol, signal), logger: log });
   }
 
   static async start(opts: P2PStartOptions): Promise<P2PNode> {
@@ -291,6 +313,7 @@ export class P2PNode implements BenchDialer {
 
     const streams = new StreamCounts();
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
+    const askers = new Askers();
     const blobServer = new BlobServer({ blobs: opts.blobs, maxUploads, logger: log });
     // Streams beyond maxUploads must still open so the peer gets BUSY instead of a reset.
     const streamLimit = Math.max(256, maxUploads * 4);
@@ -299,7 +322,7 @@ export class P2PNode implements BenchDialer {
       maxOutboundStreams: streamLimit,
     });
     // Piece info answers are small and quick: no upload limit, only libp2p's stream cap.
-    const pieceServer = pieceInfoHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), askers: new Askers(), logger: log });
+    const pieceServer = pieceInfoHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), askers, logger: log });
     await libp2p.handle(pieceProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX), streams.counted('pieces', pieceServer), {
       maxInboundStreams: 256,
       maxOutboundStreams: 256,
@@ -309,6 +332,15 @@ export class P2PNode implements BenchDialer {
       streams.counted('fetch', fetchRequestHandler({ ...(opts.fetches === undefined ? {} : { fetches: opts.fetches }), logger: log })),
       { maxInboundStreams: 256, maxOutboundStreams: 256 },
     );
+    if (opts.legacyWire !== true) {
+      // One session per peer and blob; uploads beyond maxUploads wait their turn (bounded).
+      const uploads = new UploadGate(maxUploads, maxUploads * 16);
+      const handler = swarmWireHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), blobs: opts.blobs, askers, uploads, logger: log });
+      await libp2p.handle(swarmProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX), streams.counted('swarm', handler), {
+        maxInboundStreams: 256,
+        maxOutboundStreams: 256,
+      });
+    }
     if (opts.benchProtocol === true) {
       await libp2p.handle(protocols.bench, benchHandler(log), { maxInboundStreams: 64, maxOutboundStreams: 64 });
     }
@@ -480,6 +512,16 @@ export class P2PNode implements BenchDialer {
       throw new RangeError(`invalid length ${opts.length}`);
     }
     cidForDigest(digest); // validates the digest
+    if (opts.length !== undefined && this.speaksSwarmWire(peerId)) {
+      try {
+        return await this.sessions.range(peerId, digest, offset, opts.length, {
+          ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+          timeoutMs: RESPONSE_TIMEOUT_MS,
+        });
+      } catch (err) {
+        if (!this.olderPeer(peerId, err)) throw err;
+      }
+    }
     const stream = await this.openStream(peerId, this.protocols.blob, opts.signal);
     const req = opts.length === undefined ? { digest, offset } : { digest, offset, length: opts.length };
     return requestBlob(stream, peerId, req, { ...(opts.signal === undefined ? {} : { signal: opts.signal }), headerTimeoutMs: RESPONSE_TIMEOUT_MS });
@@ -494,6 +536,17 @@ export class P2PNode implements BenchDialer {
    */
   async pieceInfo(peerId: string, digest: string, opts: { signal?: AbortSignal; wait?: PieceWait } = {}): Promise<PieceAnswer> {
     cidForDigest(digest); // validates the digest
+    if (this.speaksSwarmWire(peerId)) {
+      try {
+        return await this.sessions.info(peerId, digest, {
+          ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+          ...(opts.wait === undefined ? {} : { wait: opts.wait }),
+          timeoutMs: RESPONSE_TIMEOUT_MS,
+        });
+      } catch (err) {
+        if (!this.olderPeer(peerId, err)) throw err;
+      }
+    }
     const stream = await this.openStream(peerId, this.pieceProtocol, opts.signal);
     return requestPieceInfo(stream, peerId, digest, {
       ...(opts.signal === undefined ? {} : { signal: opts.signal }),
@@ -501,6 +554,23 @@ export class P2PNode implements BenchDialer {
       // A long poll may be held up to MAX_WAIT_MS before the answer starts.
       timeoutMs: RESPONSE_TIMEOUT_MS + (opts.wait === undefined ? 0 : MAX_WAIT_MS),
     });
+  }
+
+  private speaksSwarmWire(peerId: string): boolean {
+    return !this.legacyWire && !this.legacyPeers.has(peerId);
+  }
+
+  /** Whether `err` says the peer does not speak the swarm wire; if so it is remembered. */
+  private olderPeer(peerId: string, err: unknown): boolean {
+    if ((err as { name?: unknown } | undefined)?.name !== 'UnsupportedProtocolError') return false;
+    this.log.debug({ peer: peerId }, 'p2p peer does not speak the swarm wire: one question per stream');
+    this.legacyPeers.add(peerId);
+    return true;
+  }
+
+  /** Swarm sessions this agent opened since start, and how many are open. */
+  swarmSessions(): { opened: number; open: number } {
+    return { opened: this.sessions.opened, open: this.sessions.size };
   }
 
   /** Asks `peerId` to fetch a blob from the origin; true when it is fetching (or holds) it. */
@@ -642,6 +712,7 @@ export class P2PNode implements BenchDialer {
     await this.membership.leave();
     await new Promise((resolve) => setTimeout(resolve, 50));
     await this.bootstrapper.stop();
+    this.sessions.stop();
     await this.libp2p.stop();
     this.log.info({ peerId: this.peerId }, 'p2p node stopped');
   }

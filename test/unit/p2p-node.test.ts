@@ -70,7 +70,8 @@ describe('P2PNode on loopback', () => {
     a = await start('a', blobsA, { maxUploads: 2 });
     // B knows A by a bare address (no /p2p/<id>): the id is learnt from the handshake.
     const bareA = a.multiaddrs()[0]!.replace(/\/p2p\/.*$/, '');
-    b = await start('b', blobsB, { bootstrap: [bareA] });
+    // B asks on the swarm wire (one session per peer and blob); A and C one question per stream.
+    b = await start('b', blobsB, { bootstrap: [bareA], swarmWire: true });
     // C knows only B: it reaches A through the DHT.
     c = await start('c', blobsC, { bootstrap: [b.multiaddrs()[0]!] });
     await until('A–B and B–C connected', () => b.peers().length >= 2 && a.peers().length >= 1 && c.peers().length >= 1);
@@ -303,10 +304,29 @@ describe('P2PNode on loopback', () => {
   });
 
   it('counts the streams it answers, by protocol (the fleet\'s control traffic)', async () => {
-    const before = a.streamsAnswered().pieces ?? 0;
+    const before = a.streamsAnswered().swarm ?? 0;
     expect(await b.pieceInfo(a.peerId, fakeDigest('asked about'))).toBeUndefined();
     expect(await b.pieceInfo(a.peerId, fakeDigest('asked about too'))).toBeUndefined();
-    expect(a.streamsAnswered().pieces).toBe(before + 2);
+    // One session per peer and blob: asking again about a blob opens no stream.
+    expect(await b.pieceInfo(a.peerId, fakeDigest('asked about'))).toBeUndefined();
+    expect(a.streamsAnswered().swarm).toBe(before + 2);
+  });
+
+  it('trades ranges both ways with an agent that speaks only the older protocols', async () => {
+    const blobsOld = new MemoryBlobs();
+    const d = fakeDigest('mixed versions');
+    const bytes = Buffer.from('bytes held by an agent of the previous release\n'.repeat(500));
+    blobsOld.set(d, bytes);
+    blobsB.set(d, bytes);
+    const old = await start('old', blobsOld, { legacyWire: true });
+    await b.dial(old.multiaddrs()[0]!);
+    const fromOld = await b.openBlob(old.peerId, d, 10, { length: 100 });
+    expect((await readAll(fromOld!.body)).equals(bytes.subarray(10, 110))).toBe(true);
+    const fromNew = await old.openBlob(b.peerId, d, 10, { length: 100 });
+    expect((await readAll(fromNew!.body)).equals(bytes.subarray(10, 110))).toBe(true);
+    expect(old.libp2p.getProtocols().some((p) => p.endsWith('/swarm/1.0.0'))).toBe(false);
+    // B fell back to the blob protocol for the older agent: no session was opened to it.
+    expect(old.streamsAnswered().blob).toBe(1);
   });
 
   it('unprovide stops this node from advertising', async () => {
