@@ -58,10 +58,10 @@ export const Frame = {
 export const StateStatus = { OK: 0, NOT_FOUND: 1, PENDING: 4 } as const;
 export const Done = { OK: 0, NOT_HELD: 1, CANCELLED: 2, REFUSED: 3, FAILED: 4 } as const;
 
-/** Largest frame either side accepts: a STATE with the longest table and its bitfield. */
-export const MAX_FRAME_BYTES = MAX_TABLE_BYTES + 4096;
 /** Bytes of one DATA frame (one Yamux frame, cut by Noise into a few messages). */
 export const DATA_FRAME_BYTES = 256 * 1024;
+/** Largest frame either side accepts: a full DATA frame, or a STATE with the longest table. */
+export const MAX_FRAME_BYTES = Math.max(DATA_FRAME_BYTES + 4, MAX_TABLE_BYTES + 4096);
 /** Requests an asker may have outstanding on one session; more is a protocol error. */
 export const MAX_PIPELINED = 16;
 const OPEN_TIMEOUT_MS = 10_000;
