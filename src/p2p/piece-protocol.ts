@@ -71,7 +71,7 @@ export interface PieceInfo {
 
 const MAX_REQUEST_BYTES = 4096;
 /** Peers named in one answer, and the longest id accepted (base58 ids are ~52 characters). */
-const MAX_EXCHANGED_PEERS = 16;
+export const MAX_EXCHANGED_PEERS = 16;
 const MAX_PEER_ID_BYTES = 128;
 /**
  * Longest table accepted: 1024 hashes of 64 hex characters with quotes and commas are ~68 KiB,
@@ -109,7 +109,8 @@ export function encodePieceInfo(info: PieceInfo): Uint8Array {
   return out;
 }
 
-function encodePeers(peers: string[] | undefined): Uint8Array {
+/** The peer-exchange section (empty without peers to name); the swarm wire's PEERS frame too. */
+export function encodePeers(peers: readonly string[] | undefined): Uint8Array {
   if (peers === undefined) return new Uint8Array(0);
   const ids = peers
     .map((p) => encoder.encode(p))

@@ -8,7 +8,7 @@ import type { Askers } from './askers.js';
 import type { LocalBlobs } from './blob-protocol.js';
 import { DEFAULT_PROTOCOL_PREFIX, protocolIds } from './config.js';
 import { BlobProtocolError } from './errors.js';
-import { MAX_TABLE_BYTES, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
+import { encodePeers as encodePeerSection, MAX_EXCHANGED_PEERS, MAX_TABLE_BYTES, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
 import { sendAll, StreamReader } from './stream-io.js';
 import type { UploadGate } from './upload-gate.js';
 
@@ -65,8 +65,6 @@ export const MAX_FRAME_BYTES = Math.max(DATA_FRAME_BYTES + 4, MAX_TABLE_BYTES + 
 /** Requests an asker may have outstanding on one session; more is a protocol error. */
 export const MAX_PIPELINED = 16;
 const OPEN_TIMEOUT_MS = 10_000;
-const MAX_EXCHANGED_PEERS = 16;
-const MAX_PEER_ID_BYTES = 128;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -99,21 +97,31 @@ function view(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-export function encodeRequest(id: number, offset: number, length: number): Uint8Array {
+/** REQUEST and BEGIN share one layout: u32be id | u32be length | f64be a byte count. */
+function encodeIdLengthCount(type: number, id: number, length: number, count: number): Uint8Array {
   const payload = new Uint8Array(16);
   const v = view(payload);
   v.setUint32(0, id);
   v.setUint32(4, length);
-  v.setFloat64(8, offset);
-  return frame(Frame.REQUEST, payload);
+  v.setFloat64(8, count);
+  return frame(type, payload);
+}
+
+function decodeIdLengthCount(payload: Uint8Array, name: string, peerId?: string): { id: number; length: number; count: number } {
+  if (payload.byteLength !== 16) throw new BlobProtocolError(`${name} of ${payload.byteLength} bytes`, peerId);
+  const v = view(payload);
+  const count = v.getFloat64(8);
+  if (!Number.isSafeInteger(count) || count < 0) throw new BlobProtocolError(`${name} names ${count} bytes`, peerId);
+  return { id: v.getUint32(0), length: v.getUint32(4), count };
+}
+
+export function encodeRequest(id: number, offset: number, length: number): Uint8Array {
+  return encodeIdLengthCount(Frame.REQUEST, id, length, offset);
 }
 
 export function decodeRequest(payload: Uint8Array): { id: number; offset: number; length: number } {
-  if (payload.byteLength !== 16) throw new BlobProtocolError(`REQUEST of ${payload.byteLength} bytes`);
-  const v = view(payload);
-  const offset = v.getFloat64(8);
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new BlobProtocolError(`REQUEST at offset ${offset}`);
-  return { id: v.getUint32(0), length: v.getUint32(4), offset };
+  const { id, length, count } = decodeIdLengthCount(payload, 'REQUEST');
+  return { id, length, offset: count };
 }
 
 export function encodeId(type: number, id: number, extra?: number): Uint8Array {
@@ -189,19 +197,7 @@ export function decodeHave(payload: Uint8Array, count: number, peerId: string): 
 }
 
 export function encodePeers(peers: readonly string[]): Uint8Array {
-  const ids = peers
-    .map((p) => encoder.encode(p))
-    .filter((b) => b.byteLength > 0 && b.byteLength <= MAX_PEER_ID_BYTES)
-    .slice(0, MAX_EXCHANGED_PEERS);
-  const payload = new Uint8Array(1 + ids.reduce((n, b) => n + 1 + b.byteLength, 0));
-  payload[0] = ids.length;
-  let at = 1;
-  for (const id of ids) {
-    payload[at++] = id.byteLength;
-    payload.set(id, at);
-    at += id.byteLength;
-  }
-  return frame(Frame.PEERS, payload);
+  return frame(Frame.PEERS, encodePeerSection(peers));
 }
 
 export function decodePeers(payload: Uint8Array, peerId: string): string[] {
@@ -462,20 +458,12 @@ class HolderSession {
 }
 
 export function encodeBegin(id: number, length: number, size: number): Uint8Array {
-  const payload = new Uint8Array(16);
-  const v = view(payload);
-  v.setUint32(0, id);
-  v.setUint32(4, length);
-  v.setFloat64(8, size);
-  return frame(Frame.BEGIN, payload);
+  return encodeIdLengthCount(Frame.BEGIN, id, length, size);
 }
 
 export function decodeBegin(payload: Uint8Array, peerId: string): { id: number; length: number; size: number } {
-  if (payload.byteLength !== 16) throw new BlobProtocolError(`BEGIN of ${payload.byteLength} bytes`, peerId);
-  const v = view(payload);
-  const size = v.getFloat64(8);
-  if (!Number.isSafeInteger(size) || size < 0) throw new BlobProtocolError(`BEGIN names a size of ${size}`, peerId);
-  return { id: v.getUint32(0), length: v.getUint32(4), size };
+  const { id, length, count } = decodeIdLengthCount(payload, 'BEGIN', peerId);
+  return { id, length, size: count };
 }
 
 function dataFrame(id: number, data: Uint8ArrayList, before?: Uint8Array): Uint8ArrayList {
