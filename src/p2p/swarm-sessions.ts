@@ -84,6 +84,8 @@ export class SwarmSessions {
     const existing = this.sessions.get(key);
     if (existing !== undefined && !existing.failed) {
       existing.lastUsed = Date.now();
+      // A caller that arrives while the stream is being opened waits for it, not a second stream.
+      await existing.ready;
       return existing;
     }
     if (this.sessions.size >= this.maxSessions) this.evictOne();
@@ -91,13 +93,16 @@ export class SwarmSessions {
       if (this.sessions.get(key) === session) this.sessions.delete(key);
     });
     this.sessions.set(key, session);
-    try {
-      await session.start(await this.opts.open(peerId, signal));
-      this.opened++;
-    } catch (err) {
-      session.fail(err as Error);
-      throw err;
-    }
+    session.ready = (async () => {
+      try {
+        await session.start(await this.opts.open(peerId, signal));
+        this.opened++;
+      } catch (err) {
+        session.fail(err as Error);
+        throw err;
+      }
+    })();
+    await session.ready;
     return session;
   }
 
@@ -144,6 +149,8 @@ class AskerSession {
   private nextId = 1;
   failed: Error | undefined;
   lastUsed = Date.now();
+  /** Settles once the stream is open and OPEN sent (rejects if that failed). */
+  ready: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly peerId: string,
@@ -369,6 +376,9 @@ class PieceBody extends Readable {
 
   fail(err: Error): void {
     this.ended = true;
+    // A body handed out at BEGIN may not have a consumer yet: an 'error' with no listener would
+    // crash the agent. The error stays on the stream (`errored`) for a consumer that comes later.
+    if (this.listenerCount('error') === 0) this.once('error', () => undefined);
     this.destroy(err);
   }
 

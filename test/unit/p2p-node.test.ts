@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PeerBusyError } from '../../src/p2p/errors.js';
-import { MemoryBlobs } from '../../src/p2p/memory-blobs.js';
+import { MemoryBlobs, patternFill } from '../../src/p2p/memory-blobs.js';
 import { P2PNode, type P2PStartOptions } from '../../src/p2p/node.js';
 
 const logger = pino({ level: process.env.P2P_TEST_LOG ?? 'silent' });
@@ -146,6 +146,33 @@ describe('P2PNode on loopback', () => {
     const none = await b.openBlob(a.peerId, smallDigest, small.length);
     expect(none?.length).toBe(0);
     expect((await readAll(none!.body)).length).toBe(0);
+  });
+
+  it('pipelines ranges larger than one DATA frame on one swarm session, each answered whole and in order', async () => {
+    const d = fakeDigest('pieces of several frames');
+    const size = 5 * 1024 * 1024 + 12345;
+    blobsA.setGenerated(d, size);
+    const expected = (offset: number, length: number): Buffer => {
+      const out = Buffer.alloc(length);
+      patternFill(offset, out);
+      return out;
+    };
+    const before = a.streamsAnswered().swarm ?? 0;
+    // Three ranges asked at once: 1 MiB + 7 (five frames), one unaligned, and the short tail.
+    const ranges: Array<[number, number]> = [
+      [0, 1024 * 1024 + 7],
+      [1_500_001, 2 * 1024 * 1024],
+      [size - 100_000, 1024 * 1024],
+    ];
+    const opened = await Promise.all(ranges.map(([o, l]) => b.openBlob(a.peerId, d, o, { length: l })));
+    const bodies = await Promise.all(opened.map((o) => readAll(o!.body)));
+    ranges.forEach(([o, l], i) => {
+      const want = expected(o, Math.min(l, size - o));
+      expect(opened[i]!.size).toBe(size);
+      expect(bodies[i]!.length).toBe(want.length);
+      expect(bodies[i]!.equals(want)).toBe(true);
+    });
+    expect(a.streamsAnswered().swarm).toBe(before + 1);
   });
 
   it('answers NOT_FOUND with undefined, and an offset beyond the end with an error', async () => {
