@@ -65,6 +65,9 @@ const PROVIDER_VALIDITY_MS = 2 * 60 * 60_000;
 const DEFAULT_PROVIDE_TIMEOUT_MS = 10_000;
 /** A peer must answer a blob request (status and header) within this time. */
 const RESPONSE_TIMEOUT_MS = 10_000;
+/** How long a peer found to lack the swarm wire is asked the old way before it is tried again. */
+const LEGACY_PEER_MS = 10 * 60_000;
+const MAX_LEGACY_PEERS = 4096;
 /** Waiting before (re-)announcing digests provided while the node had no DHT peers. */
 const ANNOUNCE_DEBOUNCE_MS = 500;
 /**
@@ -118,12 +121,6 @@ export interface P2PStartOptions extends P2POptions {
    * nor asking on the swarm wire: an agent of the previous release, for mixed-version tests.
    */
   legacyWire?: boolean;
-  /**
-   * Ask on the swarm wire (one session per peer and blob) instead of one question per stream.
-   * Off by default until the integration suite passes with it (see issue 11's note); the
-   * handler answers either way, so agents that ask on it can trade with every agent.
-   */
-  swarmWire?: boolean;
 }
 
 export interface PeerSummary {
@@ -161,8 +158,12 @@ export class P2PNode implements BenchDialer {
   private readonly legacyWire: boolean;
   /** Swarm sessions this agent opened, one per peer and blob. */
   private readonly sessions: SwarmSessions;
-  /** Peers that do not speak the swarm wire (an older release): asked one question per stream. */
-  private readonly legacyPeers = new Set<string>();
+  /**
+   * Peers found not to speak the swarm wire (an older release), until when: asked one question
+   * per stream meanwhile. The entry expires because a rolling upgrade brings the peer's new
+   * release back under the same id.
+   */
+  private readonly legacyPeers = new Map<string, number>();
 
   private constructor(
     /** The libp2p node, for tests and diagnostics; the rest of Shoal uses the methods. */
@@ -185,7 +186,7 @@ export class P2PNode implements BenchDialer {
     this.provideTimeoutMs = opts.provideTimeoutMs ?? DEFAULT_PROVIDE_TIMEOUT_MS;
     this.announceLaterMs = opts.announceLaterMs ?? DEFAULT_ANNOUNCE_LATER_MS;
     this.busy = opts.busy;
-    this.legacyWire = opts.legacyWire === true || opts.swarmWire !== true;
+    this.legacyWire = opts.legacyWire === true;
     const swarmProtocol = swarmProtocolId(this.protocolPrefix);
     this.sessions = new SwarmSessions({ open: (peer, signal) => this.openStream(peer, swarmProtocol, signal), logger: log });
   }
@@ -557,14 +558,22 @@ export class P2PNode implements BenchDialer {
   }
 
   private speaksSwarmWire(peerId: string): boolean {
-    return !this.legacyWire && !this.legacyPeers.has(peerId);
+    if (this.legacyWire) return false;
+    const until = this.legacyPeers.get(peerId);
+    if (until === undefined) return true;
+    if (Date.now() < until) return false;
+    this.legacyPeers.delete(peerId);
+    return true;
   }
 
   /** Whether `err` says the peer does not speak the swarm wire; if so it is remembered. */
   private olderPeer(peerId: string, err: unknown): boolean {
     if ((err as { name?: unknown } | undefined)?.name !== 'UnsupportedProtocolError') return false;
     this.log.debug({ peer: peerId }, 'p2p peer does not speak the swarm wire: one question per stream');
-    this.legacyPeers.add(peerId);
+    this.legacyPeers.delete(peerId);
+    this.legacyPeers.set(peerId, Date.now() + LEGACY_PEER_MS);
+    // Bounded: the oldest entry goes first (a Map iterates in insertion order).
+    if (this.legacyPeers.size > MAX_LEGACY_PEERS) this.legacyPeers.delete(this.legacyPeers.keys().next().value!);
     return true;
   }
 

@@ -70,8 +70,8 @@ describe('P2PNode on loopback', () => {
     a = await start('a', blobsA, { maxUploads: 2 });
     // B knows A by a bare address (no /p2p/<id>): the id is learnt from the handshake.
     const bareA = a.multiaddrs()[0]!.replace(/\/p2p\/.*$/, '');
-    // B asks on the swarm wire (one session per peer and blob); A and C one question per stream.
-    b = await start('b', blobsB, { bootstrap: [bareA], swarmWire: true });
+    // Every node asks on the swarm wire: one session per peer and blob.
+    b = await start('b', blobsB, { bootstrap: [bareA] });
     // C knows only B: it reaches A through the DHT.
     c = await start('c', blobsC, { bootstrap: [b.multiaddrs()[0]!] });
     await until('A–B and B–C connected', () => b.peers().length >= 2 && a.peers().length >= 1 && c.peers().length >= 1);
