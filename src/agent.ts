@@ -143,12 +143,14 @@ export class Agent {
               const blobs = blobsRef.current;
               if (!blobs) return false;
               // Said at once, so askers wait for this agent rather than time out on it.
+              // Sessions watching the blob hear it (a change to what `pieces.info` answers).
               fromOrigin.add(digest);
+              news.notify(digest);
               void blobs
                 .ensure(request)
                 .catch((err: unknown) => logger.warn({ digest, err }, 'fetch asked by a peer failed'))
                 .finally(() => {
-                  if (!blobs.isDownloading(digest)) fromOrigin.delete(digest);
+                  if (!blobs.isDownloading(digest) && fromOrigin.delete(digest)) news.notify(digest);
                 });
               return true;
             },
@@ -183,6 +185,7 @@ export class Agent {
           fetcherTimeoutMs: config.p2p.originFetcherTimeout,
           fetchWaitMs: config.p2p.originFetchWait,
           askedToFetch: (digest) => fromOrigin.has(digest),
+          fetchingChanged: (digest) => news.notify(digest),
           book,
           grants,
           partials,

@@ -78,6 +78,8 @@ export interface PeerPlannerOptions {
   lookupIntervalMs?: number;
   /** True for digests a peer asked this agent to fetch from the origin. */
   askedToFetch?(digest: string): boolean;
+  /** Called when `hearsFetching(digest)` changes (it is part of what this agent tells peers). */
+  fetchingChanged?(digest: string): void;
   book: PeerBook;
   grants: Grants;
   partials: Partials;
@@ -235,8 +237,7 @@ export class PeerPlanner implements SourcePlanner {
         }
         relays = step.state === 'relayed' ? step.relays : [];
         // Peers that ask about the blob are told it is being fetched while the fetcher itself says so.
-        if (step.state === 'waiting') this.fetching.add(digest);
-        else this.fetching.delete(digest);
+        this.setFetching(digest, step.state === 'waiting');
         if (step.state === 'found') return step.holders;
         if (step.state === 'origin') {
           if (step.reason !== 'elected') {
@@ -252,8 +253,15 @@ export class PeerPlanner implements SourcePlanner {
         pause = Math.min(pause * 1.5, MAX_POLL_MS);
       }
     } finally {
-      this.fetching.delete(digest);
+      this.setFetching(digest, false);
     }
+  }
+
+  private setFetching(digest: string, on: boolean): void {
+    if (on === this.fetching.has(digest)) return;
+    if (on) this.fetching.add(digest);
+    else this.fetching.delete(digest);
+    this.opts.fetchingChanged?.(digest);
   }
 
   /** Asks the fetchers to fetch the blob: those that accepted, and whether none answered at all. */

@@ -197,7 +197,9 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
   it('says the blob is being fetched while its fetcher says it is downloading it, and not before or after', async () => {
     let fetched = false;
     const swarm = new FakeSwarm((peer) => (peer === fetcher && fetched ? holds : peer === fetcher ? 'pending' : undefined));
-    const agent = planner(other, swarm);
+    // Each change is told (swarm sessions watching the blob push it to their askers), once.
+    const told: boolean[] = [];
+    const agent: PeerPlanner = planner(other, swarm, { fetchingChanged: (d) => told.push(d === digest && agent.hearsFetching(d)) });
     expect(agent.hearsFetching(digest)).toBe(false);
     const plan = agent.plan(request);
     await new Promise((r) => setTimeout(r, 100));
@@ -205,6 +207,7 @@ describe('PeerPlanner: where an agent looks for a blob', () => {
     fetched = true;
     await plan;
     expect(agent.hearsFetching(digest)).toBe(false);
+    expect(told).toEqual([true, false]);
   });
 
   it('a stalled download is not handed peers that hold only pieces it has: it waits for its fetcher, which is still downloading, to get the rest', async () => {
