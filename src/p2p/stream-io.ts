@@ -63,6 +63,37 @@ export class StreamReader {
   }
 
   /**
+   * The next n bytes as the chunks they arrived in (views, no copy): for payloads passed on
+   * whole, where `readExactly` would copy every byte into a new buffer.
+   */
+  async readChunks(n: number, signal?: AbortSignal): Promise<Uint8Array[]> {
+    for (;;) {
+      signal?.throwIfAborted();
+      if (this.buffered >= n) break;
+      if (this.failure !== undefined) throw this.failure;
+      if (this.eof) throw new BlobProtocolError(`stream ended after ${this.buffered} of ${n} bytes`);
+      await this.waitForData(signal);
+    }
+    const out: Uint8Array[] = [];
+    let left = n;
+    while (left > 0) {
+      const head = this.chunks[0]!;
+      if (head.byteLength <= left) {
+        out.push(head);
+        left -= head.byteLength;
+        this.chunks.shift();
+      } else {
+        out.push(head.subarray(0, left));
+        this.chunks[0] = head.subarray(left);
+        left = 0;
+      }
+    }
+    this.buffered -= n;
+    if (this.buffered < this.maxHeaderBuffer) this.resume();
+    return out;
+  }
+
+  /**
    * Hands the next `length` bytes to a Readable and detaches this reader from header reading.
    * The Readable errors if the stream ends early or carries more than `length` bytes.
    */

@@ -274,10 +274,22 @@ class AskerSession {
       for (;;) {
         const f = await readFrame(this.reader!);
         if (f === undefined) throw new BlobProtocolError('the holder ended the session', this.peerId);
-        this.onFrame(f.type, f.payload);
+        if (f.data !== undefined) this.onData(f.data.id, f.data.chunks);
+        else this.onFrame(f.type, f.payload);
       }
     } catch (err) {
       this.fail(err as Error);
+    }
+  }
+
+  private onData(id: number, chunks: Uint8Array[]): void {
+    const p = this.pending.get(id);
+    if (p === undefined) return; // cancelled
+    if (p.body === undefined) throw new BlobProtocolError(`DATA before BEGIN for request ${id}`, this.peerId);
+    for (const bytes of chunks) {
+      p.received += bytes.byteLength;
+      if (p.received > p.length) throw new BlobProtocolError(`more than the ${p.length} bytes announced`, this.peerId);
+      p.body.push(bytes);
     }
   }
 
@@ -315,18 +327,6 @@ class AskerSession {
         p.length = length;
         p.body = new PieceBody(() => this.cancel(p, new Error('piece body closed by the reader')));
         p.resolve({ size, length, body: p.body });
-        return;
-      }
-      case Frame.DATA: {
-        if (payload.byteLength < 4) throw new BlobProtocolError('short DATA', this.peerId);
-        const id = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0);
-        const p = this.pending.get(id);
-        if (p === undefined) return; // cancelled
-        if (p.body === undefined) throw new BlobProtocolError(`DATA before BEGIN for request ${id}`, this.peerId);
-        const bytes = payload.subarray(4);
-        p.received += bytes.byteLength;
-        if (p.received > p.length) throw new BlobProtocolError(`more than the ${p.length} bytes announced`, this.peerId);
-        p.body.push(bytes);
         return;
       }
       case Frame.DONE: {

@@ -84,13 +84,25 @@ export function frame(type: number, payload: Uint8Array = new Uint8Array(0)): Ui
   return out;
 }
 
+/** A frame as read: DATA's bytes come as the chunks they arrived in, every other payload whole. */
+export type ReadFrame =
+  | { type: number; payload: Uint8Array; data?: undefined }
+  | { type: number; payload?: undefined; data: { id: number; chunks: Uint8Array[] } };
+
 /** Reads one frame; undefined at a clean end of the stream between frames. */
-export async function readFrame(reader: StreamReader, signal?: AbortSignal): Promise<{ type: number; payload: Uint8Array } | undefined> {
+export async function readFrame(reader: StreamReader, signal?: AbortSignal): Promise<ReadFrame | undefined> {
   if (await reader.ended(signal)) return undefined;
   const head = await reader.readExactly(5, signal);
+  const type = head[0]!;
   const n = new DataView(head.buffer, head.byteOffset, 5).getUint32(1);
   if (n > MAX_FRAME_BYTES) throw new BlobProtocolError(`frame of ${n} bytes is too long`);
-  return { type: head[0]!, payload: n === 0 ? new Uint8Array(0) : await reader.readExactly(n, signal) };
+  if (type === Frame.DATA) {
+    // The bytes of a piece go on to its body uncopied: a copy here was a fresh buffer per frame.
+    if (n < 4) throw new BlobProtocolError('short DATA');
+    const id = view(await reader.readExactly(4, signal)).getUint32(0);
+    return { type, data: { id, chunks: n === 4 ? [] : await reader.readChunks(n - 4, signal) } };
+  }
+  return { type, payload: n === 0 ? new Uint8Array(0) : await reader.readExactly(n, signal) };
 }
 
 function view(bytes: Uint8Array): DataView {
@@ -273,7 +285,7 @@ class HolderSession {
     try {
       const first = await readFrame(this.reader, AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]));
       if (first === undefined) return;
-      if (first.type !== Frame.OPEN) throw new BlobProtocolError(`first frame is ${first.type}, not OPEN`);
+      if (first.payload === undefined || first.type !== Frame.OPEN) throw new BlobProtocolError(`first frame is ${first.type}, not OPEN`);
       this.digest = parseOpen(first.payload);
       const watching = this.watch(signal);
       const serving = this.serve(signal);
@@ -296,6 +308,7 @@ class HolderSession {
     for (;;) {
       const f = await readFrame(this.reader, signal);
       if (f === undefined) return;
+      if (f.data !== undefined) throw new BlobProtocolError('DATA from the asking side');
       switch (f.type) {
         case Frame.REQUEST: {
           const { id, offset, length } = decodeRequest(f.payload);
