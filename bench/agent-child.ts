@@ -58,6 +58,8 @@ process.on('message', (message: Command) => {
             // Event-loop delay since the last view (ms): p99 and max.
             loop: takeLoopDelay(),
             streams: { ...agent.p2p!.streamsAnswered(), dht: await dhtRequestsAnswered(), 'dht walks': await providerLookups() },
+            // Piece ranges traded with each peer on the swarm wire, both ways.
+            traded: agent.p2p!.rangesTraded(),
           });
         }
         case 'members':

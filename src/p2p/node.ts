@@ -21,6 +21,7 @@ import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { StreamCounts } from './stream-counts.js';
+import { TradeCounts } from './trade-counts.js';
 import type { Registry } from 'prom-client';
 import { fetchProtocolId, fetchRequestHandler, requestFetch, type FetchRequest, type LocalFetches } from './fetch-protocol.js';
 import { swarmProtocolId, swarmWireHandler } from './swarm-wire.js';
@@ -175,6 +176,7 @@ export class P2PNode implements BenchDialer {
     private readonly wire: MemberWire,
     private readonly budget: ConnectionBudget,
     private readonly streams: StreamCounts,
+    private readonly trades: TradeCounts,
     opts: P2PStartOptions,
     log: Logger,
   ) {
@@ -188,7 +190,7 @@ export class P2PNode implements BenchDialer {
     this.busy = opts.busy;
     this.legacyWire = opts.legacyWire === true;
     const swarmProtocol = swarmProtocolId(this.protocolPrefix);
-    this.sessions = new SwarmSessions({ open: (peer, signal) => this.openStream(peer, swarmProtocol, signal), logger: log });
+    this.sessions = new SwarmSessions({ open: (peer, signal) => this.openStream(peer, swarmProtocol, signal), trades, logger: log });
   }
 
   static async start(opts: P2PStartOptions): Promise<P2PNode> {
@@ -313,6 +315,7 @@ export class P2PNode implements BenchDialer {
     });
 
     const streams = new StreamCounts();
+    const trades = new TradeCounts();
     const maxUploads = opts.maxUploads ?? DEFAULT_MAX_UPLOADS;
     const askers = new Askers();
     const blobServer = new BlobServer({ blobs: opts.blobs, maxUploads, logger: log });
@@ -336,7 +339,7 @@ export class P2PNode implements BenchDialer {
     if (opts.legacyWire !== true) {
       // One session per peer and blob; uploads beyond maxUploads wait their turn (bounded).
       const uploads = new UploadGate(maxUploads, maxUploads * 16);
-      const handler = swarmWireHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), blobs: opts.blobs, askers, uploads, logger: log });
+      const handler = swarmWireHandler({ ...(opts.pieces === undefined ? {} : { pieces: opts.pieces }), blobs: opts.blobs, askers, uploads, trades, logger: log });
       await libp2p.handle(swarmProtocolId(opts.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX), streams.counted('swarm', handler), {
         maxInboundStreams: 256,
         maxOutboundStreams: 256,
@@ -384,7 +387,7 @@ export class P2PNode implements BenchDialer {
     // would leave itself out of the answer.
     await libp2p.peerStore.merge(libp2p.peerId, { multiaddrs: libp2p.getMultiaddrs() });
 
-    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, wire, budget, streams, opts, log);
+    const p2p = new P2PNode(libp2p, bootstrapper, blobServer, membership, wire, budget, streams, trades, opts, log);
     p2p.watchPeers();
     if (opts.mdns) p2p.watchMdns();
     membership.start();
@@ -646,6 +649,11 @@ export class P2PNode implements BenchDialer {
   /** Streams answered since start, by protocol (Shoal's own; the DHT's are in libp2p's metrics). */
   streamsAnswered(): Record<string, number> {
     return this.streams.snapshot();
+  }
+
+  /** Piece ranges traded on the swarm wire with each peer since start, both ways. */
+  rangesTraded(): Record<string, number> {
+    return this.trades.snapshot();
   }
 
   /** Open connections now, the most seen at once, and the bound. */

@@ -5,6 +5,7 @@ import type { PieceTable } from '../fetch/piece-table.js';
 import { BlobProtocolError, PeerBusyError } from './errors.js';
 import type { PieceAnswer, PieceWait } from './piece-protocol.js';
 import { sendAll, StreamReader } from './stream-io.js';
+import type { TradeCounts } from './trade-counts.js';
 import { decodeBegin, decodeHave, decodePeers, decodeState, Done, encodeId, encodeRequest, frame, Frame, MAX_FRAME_BYTES, MAX_PIPELINED, readFrame } from './swarm-wire.js';
 
 /*
@@ -17,6 +18,8 @@ import { decodeBegin, decodeHave, decodePeers, decodeState, Done, encodeId, enco
 export interface SwarmSessionsOptions {
   /** A new stream to `peerId` on the swarm protocol. */
   open(peerId: string, signal?: AbortSignal): Promise<Stream>;
+  /** Counts each range a peer answered, by peer. */
+  trades?: TradeCounts;
   logger: Logger;
   /** A session unused this long is closed; default 30 s. */
   idleMs?: number;
@@ -89,7 +92,7 @@ export class SwarmSessions {
       return existing;
     }
     if (this.sessions.size >= this.maxSessions) this.evictOne();
-    const session = new AskerSession(peerId, digest, this.opts.logger, () => {
+    const session = new AskerSession(peerId, digest, this.opts.logger, this.opts.trades, () => {
       if (this.sessions.get(key) === session) this.sessions.delete(key);
     });
     this.sessions.set(key, session);
@@ -156,6 +159,7 @@ class AskerSession {
     private readonly peerId: string,
     private readonly digest: string,
     private readonly log: Logger,
+    private readonly trades: TradeCounts | undefined,
     private readonly onGone: () => void,
   ) {}
 
@@ -325,6 +329,7 @@ class AskerSession {
         if (p.body !== undefined) throw new BlobProtocolError(`a second BEGIN for request ${id}`, this.peerId);
         if (length > p.length) throw new BlobProtocolError(`BEGIN announces ${length} bytes, ${p.length} were asked for`, this.peerId);
         p.length = length;
+        this.trades?.traded(this.peerId);
         p.body = new PieceBody(() => this.cancel(p, new Error('piece body closed by the reader')));
         p.resolve({ size, length, body: p.body });
         return;

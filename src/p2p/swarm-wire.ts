@@ -10,6 +10,7 @@ import { DEFAULT_PROTOCOL_PREFIX, protocolIds } from './config.js';
 import { BlobProtocolError } from './errors.js';
 import { encodePeers as encodePeerSection, MAX_EXCHANGED_PEERS, MAX_TABLE_BYTES, type LocalPieces, type PieceAnswer } from './piece-protocol.js';
 import { sendAll, StreamReader } from './stream-io.js';
+import type { TradeCounts } from './trade-counts.js';
 import type { UploadGate } from './upload-gate.js';
 
 /*
@@ -240,6 +241,8 @@ export interface SwarmWireServerOptions {
   /** Who asked about what (shared with the pieces protocol), for peer exchange. */
   askers?: Askers;
   uploads: UploadGate;
+  /** Counts each range served, by peer. */
+  trades?: TradeCounts;
   logger: Logger;
 }
 
@@ -432,6 +435,7 @@ class HolderSession {
       const length = Math.min(upload.length, size - upload.offset);
       // BEGIN travels in the same send as the first bytes.
       let head: Uint8Array | undefined = encodeBegin(upload.id, length, size);
+      this.opts.trades?.traded(this.peer);
       let sent = 0;
       try {
         // Chunks are gathered without copying into DATA frames of DATA_FRAME_BYTES: one send,

@@ -158,6 +158,7 @@ describe('P2PNode on loopback', () => {
       return out;
     };
     const before = a.streamsAnswered().swarm ?? 0;
+    const tradedBefore = [b.rangesTraded()[a.peerId] ?? 0, a.rangesTraded()[b.peerId] ?? 0];
     // Three ranges asked at once: 1 MiB + 7 (five frames), one unaligned, and the short tail.
     const ranges: Array<[number, number]> = [
       [0, 1024 * 1024 + 7],
@@ -173,6 +174,8 @@ describe('P2PNode on loopback', () => {
       expect(bodies[i]!.equals(want)).toBe(true);
     });
     expect(a.streamsAnswered().swarm).toBe(before + 1);
+    // Each range counted as traded, on both sides.
+    expect([b.rangesTraded()[a.peerId], a.rangesTraded()[b.peerId]]).toEqual(tradedBefore.map((n) => n + 3));
   });
 
   it('answers NOT_FOUND with undefined, and an offset beyond the end with an error', async () => {
