@@ -175,7 +175,7 @@ function describe(name: string, r: Rollout, row: Row): string {
   const cpu = r.cpu.map((c) => per100(c, row.image));
   const floor = r.moved.map((m) => per100(floorOf(row.floor, m), row.image));
   const ratio = r.cpu.map((c, i) => c / floorOf(row.floor, r.moved[i]!));
-  const protocols = [...new Set(r.streams.flatMap((s) => Object.keys(s)))].filter((p) => !p.startsWith('dht')).sort();
+  const protocols = [...new Set(r.streams.flatMap((s) => Object.keys(s)))].filter((p) => p !== 'dht walks').sort();
   const total = r.streams.map((s) => protocols.reduce((sum, p) => sum + (s[p] ?? 0), 0));
   const perPeer = total.map((t, i) => t / Math.max(1, r.traded[i]!));
   return (
@@ -233,7 +233,7 @@ try {
   const med = (f: (r: Row) => number) => median(rows.map(f));
   const spread = (f: (r: Row) => number) => (rows.length > 1 ? ` [${Math.min(...rows.map(f)).toFixed(2)}–${Math.max(...rows.map(f)).toFixed(2)}]` : '');
   const ratioOf = (r: Rollout, row: Row) => median(r.cpu.map((c, i) => c / floorOf(row.floor, r.moved[i]!)));
-  const streamsPerPeer = (r: Rollout) => median(r.streams.map((s, i) => Object.entries(s).filter(([p]) => !p.startsWith('dht')).reduce((sum, [, c]) => sum + c, 0) / Math.max(1, r.traded[i]!)));
+  const streamsPerPeer = (r: Rollout) => median(r.streams.map((s, i) => Object.entries(s).filter(([p]) => p !== 'dht walks').reduce((sum, [, c]) => sum + c, 0) / Math.max(1, r.traded[i]!)));
   console.log(`${n} nodes, image ${(image / MiB).toFixed(0)} MiB of blobs, origin uplink ${values['uplink-mib']} MiB/s (${uplinkKind}), ${runs} run(s), medians [spread]`);
   console.log(`  naive: ${med((r) => r.naive).toFixed(1)} s${spread((r) => r.naive)}, origin egress ÷ image ${med((r) => r.naiveEgress).toFixed(2)}; image ÷ uplink ${(image / uplink).toFixed(1)} s`);
   for (const [name, pick] of [['cold', (r: Row) => r.cold], ['warm', (r: Row) => r.warm]] as const) {

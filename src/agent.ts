@@ -13,6 +13,7 @@ import { PieceNews } from './fetch/piece-news.js';
 import { Partials } from './fetch/partials.js';
 import { PeerPlanner } from './fetch/peer-planner.js';
 import { PieceTables } from './fetch/piece-tables.js';
+import { pieceCount, type PieceTable } from './fetch/piece-table.js';
 import { Preheater } from './fetch/preheat.js';
 import { fixedPlan, type BlobRequest, type SourcePlanner } from './fetch/source.js';
 import { buildServer } from './http/server.js';
@@ -161,6 +162,10 @@ export class Agent {
               if (table) return { table, have: new Array<boolean>(table.hashes.length).fill(true) };
               const partial = partials.get(digest);
               if (partial?.table && partial.have.some(Boolean)) return { table: partial.table, have: [...partial.have] };
+              // The first wave: what this agent's origin download has written so far, under its
+              // provisional table (peers check pieces against it, and the blob against its digest).
+              const provisional = store.writerOf(digest)?.provisional();
+              if (provisional) return { table: provisional, have: provisionalHave(provisional) };
               // Also while this agent waits on the zone's fetcher that said it is downloading
               // it: an agent the fetcher cannot take then waits too, rather than fail it over.
               return partial || fromOrigin.has(digest) || peerPlanner?.hearsFetching(digest) ? 'pending' : undefined;
@@ -242,6 +247,7 @@ export class Agent {
           fromOrigin.delete(digest);
           news.notify(digest);
         },
+        pieces: (digest) => news.notify(digest),
         committed: (digest) => {
           news.notify(digest);
           // From the origin it was announced when the download started; from peers, later.
@@ -350,10 +356,15 @@ function localBlobs(store: BlobStore, partials: Partials, metrics: Metrics, uplo
     async open(digest, offset, length) {
       const parsed = tryParseDigest(digest);
       if (!parsed) return undefined;
-      const blob = await store.get(parsed);
+      let blob = await store.get(parsed);
       if (!blob) {
-        const piece = await partials.read(digest, offset, length);
-        return limit(piece, piece ? Math.min(length ?? piece.size, piece.size - offset) : 0);
+        // Pieces of a swarm download, else of an origin download still streaming in (the first
+        // wave: checked by the asker against the provisional table, never served to a client).
+        const piece = (await partials.read(digest, offset, length)) ?? (await store.writerOf(digest)?.openProvisional(offset, length));
+        if (piece) return limit(piece, Math.min(length ?? piece.size, piece.size - offset));
+        // Committed meanwhile (its download's files are gone): the store has it now.
+        blob = await store.get(parsed);
+        if (!blob) return undefined;
       }
       if (offset > blob.size) return undefined;
       const end = length === undefined ? blob.size - 1 : Math.min(blob.size, offset + length) - 1;
@@ -376,6 +387,11 @@ function localBlobs(store: BlobStore, partials: Partials, metrics: Metrics, uplo
     limited.on('close', () => body.destroy());
     return { size: opened.size, body: body.pipe(limited) };
   }
+}
+
+/** The bitfield of a provisional table: its holder has exactly the pieces whose hashes it knows. */
+function provisionalHave(table: PieceTable): boolean[] {
+  return Array.from({ length: pieceCount(table) }, (_, i) => i < table.hashes.length);
 }
 
 function reasonOf(err: unknown): string {

@@ -19,6 +19,8 @@ export interface FetchObserver {
   finished?(digest: string): void;
   /** A blob was verified and committed to the store. */
   committed?(digest: string, size: number): void;
+  /** A download's provisional piece table grew: peers may take the new pieces (the first wave). */
+  pieces?(digest: string): void;
 }
 
 /**
@@ -225,7 +227,9 @@ export class BlobFetcher {
         batch = [];
         batched = 0;
         inflight = inflight.then(async () => {
+          const whole = writer.provisionalPieces;
           await writer.write(chunks);
+          if (writer.provisionalPieces > whole) this.observer.pieces?.(writer.digest.value);
           progress.bytes = writer.bytesWritten;
           if (!source.countsOwnBytes) this.observer.bytes?.(source.kind, bytes);
         });

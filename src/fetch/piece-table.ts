@@ -8,8 +8,17 @@ import { createHash, type Hash } from 'node:crypto';
 export interface PieceTable {
   size: number;
   pieceSize: number;
-  /** Lower-case sha256 hex of each piece, in order. */
+  /**
+   * Lower-case sha256 hex of each piece, in order. A *provisional* table (the first wave: the
+   * origin download is still streaming in) has only a prefix of them, those of the pieces its
+   * holder has so far; it grows as they arrive, and pieces past it cannot be checked yet.
+   */
   hashes: string[];
+}
+
+/** Whether every piece's hash is known (else the table is provisional: a prefix). */
+export function isComplete(table: PieceTable): boolean {
+  return table.hashes.length === pieceCount(table);
 }
 
 const MIB = 1024 * 1024;
@@ -62,6 +71,11 @@ export class PieceHasher {
     this.pieceSize = pieceSizeFor(size);
   }
 
+  /** The hashes of the pieces hashed whole so far (a provisional table's prefix). */
+  get known(): readonly string[] {
+    return this.hashes;
+  }
+
   update(chunk: Uint8Array): void {
     if (this.finished) throw new Error('PieceHasher already finished');
     if (this.total + chunk.byteLength > this.size) {
@@ -76,12 +90,13 @@ export class PieceHasher {
       if (this.inPiece === this.pieceSize) this.closePiece();
     }
     this.total += chunk.byteLength;
+    // The shorter last piece is whole once the blob is: known now, not only at finish().
+    if (this.total === this.size && this.inPiece > 0) this.closePiece();
   }
 
   finish(): PieceTable {
     if (this.finished) throw new Error('PieceHasher already finished');
     if (this.total !== this.size) throw new Error(`PieceHasher fed ${this.total} of the blob's ${this.size} bytes`);
-    if (this.inPiece > 0) this.closePiece(); // the shorter last piece
     this.finished = true;
     return { size: this.size, pieceSize: this.pieceSize, hashes: this.hashes };
   }
@@ -100,7 +115,7 @@ const HEX64 = /^[0-9a-f]{64}$/;
  * (unknown fields dropped). Throws an Error saying what is wrong. A valid table is still only a
  * claim: pieces are checked against it, and the whole blob against its digest.
  */
-export function validatePieceTable(raw: unknown, expectedSize?: number): PieceTable {
+export function validatePieceTable(raw: unknown, expectedSize?: number, opts: { provisional?: boolean } = {}): PieceTable {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('piece table is not an object');
   const { size, pieceSize, hashes } = raw as Record<string, unknown>;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
@@ -113,11 +128,24 @@ export function validatePieceTable(raw: unknown, expectedSize?: number): PieceTa
   if (pieceSize !== want) throw new Error(`piece table has piece size ${String(pieceSize)}, ${want} expected for ${size} bytes`);
   if (!Array.isArray(hashes)) throw new Error('piece table hashes are not an array');
   const count = Math.ceil(size / want);
-  if (hashes.length !== count) throw new Error(`piece table has ${hashes.length} hashes, ${count} expected`);
+  if (opts.provisional === true ? hashes.length > count : hashes.length !== count) {
+    throw new Error(`piece table has ${hashes.length} hashes, ${opts.provisional === true ? 'at most ' : ''}${count} expected`);
+  }
   hashes.forEach((h, i) => {
     if (typeof h !== 'string' || !HEX64.test(h)) throw new Error(`piece table hash ${i} is not lower-case sha256 hex`);
   });
   return { size, pieceSize: want, hashes: [...(hashes as string[])] };
+}
+
+/**
+ * Whether two tables, either of them provisional, can be of the same bytes: the same cut, and
+ * the same hash for every piece both know.
+ */
+export function consistentTables(a: PieceTable, b: PieceTable): boolean {
+  if (a.size !== b.size || a.pieceSize !== b.pieceSize) return false;
+  const n = Math.min(a.hashes.length, b.hashes.length);
+  for (let i = 0; i < n; i++) if (a.hashes[i] !== b.hashes[i]) return false;
+  return true;
 }
 
 /** Whether two tables describe the same pieces. */

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { pieceCount, pieceRange, sameTable, validatePieceTable, type PieceTable } from './piece-table.js';
+import { consistentTables, pieceCount, pieceRange, validatePieceTable, type PieceTable } from './piece-table.js';
 
 /*
  * The piece scheduler: downloads one blob's pieces from several providers at once into a temp
@@ -441,7 +441,7 @@ class SwarmDownload {
     }
     let table: PieceTable;
     try {
-      table = validatePieceTable(info.table);
+      table = validatePieceTable(info.table, undefined, { provisional: true });
     } catch (err) {
       this.badPeer(peer, `invalid piece table: ${(err as Error).message}`);
       return;
@@ -450,10 +450,19 @@ class SwarmDownload {
       this.badPeer(peer, 'bitfield does not match its piece table');
       return;
     }
+    // A provisional table (the first wave) has the hashes of the pieces its holder has so far.
+    if (info.have.lastIndexOf(true) >= table.hashes.length) {
+      this.badPeer(peer, 'holds a piece its table has no hash for');
+      return;
+    }
     if (this.table === undefined) {
       this.setTable(table, false);
       this.emit(() => this.opts.onTable?.(table));
-    } else if (!sameTable(this.table, table)) {
+    } else if (consistentTables(this.table, table)) {
+      // The same table, or one that knows more of it: grown in place, so whoever holds the
+      // table (the partial peers read from) sees the new hashes too.
+      if (table.hashes.length > this.table.hashes.length) this.table.hashes.push(...table.hashes.slice(this.table.hashes.length));
+    } else {
       // Tables are a pure function of the bytes, so two tables for one digest cannot both be
       // right. Against a trusted table the peer is lying; against another peer's, either may be.
       if (this.tableTrusted) this.badPeer(peer, 'piece table differs from the known one');

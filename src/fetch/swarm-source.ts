@@ -5,7 +5,7 @@ import { FlushBehind } from '../store/flush-behind.js';
 import { openReadStream } from '../store/read-stream.js';
 import type { HashSession, HashWorker } from './hash-worker.js';
 import { Partials, type Partial } from './partials.js';
-import { pieceRange, type PieceTable } from './piece-table.js';
+import { isComplete, pieceRange, type PieceTable } from './piece-table.js';
 import { swarmDownload, type PieceSource } from './swarm-download.js';
 import type { BlobRequest, BlobSource, SourceBody } from './source.js';
 
@@ -161,7 +161,7 @@ export class SwarmSource implements BlobSource {
           file: {
             path: partial.path,
             ...(digestHex === undefined ? {} : { hashed: `${request.digest.algorithm}:${digestHex}` }),
-            pieceTable: result.table,
+            ...(isComplete(result.table) && { pieceTable: result.table }),
             release: () => this.opts.partials.finish(partial),
           },
         };
@@ -196,7 +196,12 @@ export class SwarmSource implements BlobSource {
     for (const index of missing) {
       const { start, end } = pieceRange(table, index);
       const bytes = await this.opts.fallback!.readRange(request, start, end - start, signal);
-      if (createHash('sha256').update(bytes).digest('hex') !== table.hashes[index]) {
+      const hash = createHash('sha256').update(bytes).digest('hex');
+      if (index === table.hashes.length) {
+        // Past a provisional table's end (missing pieces come in order): the origin's bytes
+        // give the hash, and the whole digest checks them.
+        table.hashes.push(hash);
+      } else if (hash !== table.hashes[index]) {
         // The origin is the authority: a table its bytes contradict came from a liar.
         throw new Error(`piece ${index} from the origin does not match the swarm's piece table`);
       }

@@ -1,6 +1,6 @@
 import type { Connection, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
-import { decodeBitfield, encodeBitfield, pieceCount, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
+import { decodeBitfield, encodeBitfield, isComplete, pieceCount, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { tryParseDigest } from '../oci/digest.js';
 import type { Askers } from './askers.js';
@@ -177,7 +177,9 @@ export function pieceInfoHandler(opts: PieceServerOptions): (stream: Stream, con
         await finish(stream, Uint8Array.of(Status.NOT_FOUND));
         return;
       }
-      if (info === 'pending') {
+      // A provisional table (the first wave) travels on the swarm wire only: askers of the
+      // previous release take a table as whole.
+      if (info === 'pending' || !isComplete(info.table)) {
         await finish(stream, Uint8Array.of(Status.PENDING));
         return;
       }

@@ -6,7 +6,7 @@ import { BlobProtocolError, PeerBusyError } from './errors.js';
 import type { PieceAnswer, PieceWait } from './piece-protocol.js';
 import { sendAll, StreamReader } from './stream-io.js';
 import type { TradeCounts } from './trade-counts.js';
-import { decodeBegin, decodeHave, decodePeers, decodeState, Done, encodeId, encodeRequest, frame, Frame, MAX_FRAME_BYTES, MAX_PIPELINED, readFrame } from './swarm-wire.js';
+import { decodeBegin, decodeHashes, decodeHave, decodePeers, decodeState, Done, encodeId, encodeRequest, frame, Frame, MAX_FRAME_BYTES, MAX_PIPELINED, readFrame } from './swarm-wire.js';
 
 /*
  * The asking side of the swarm wire: one session per peer and blob, opened on first use and
@@ -184,7 +184,8 @@ class AskerSession {
     if (typeof answer !== 'object') return answer;
     const peers = this.peers;
     this.peers = [];
-    const copy: { table: PieceTable; have: boolean[]; peers?: string[] } = { table: answer.table, have: answer.have.slice() };
+    // Copies: a provisional table grows in place as HASHES arrive.
+    const copy: { table: PieceTable; have: boolean[]; peers?: string[] } = { table: { ...answer.table, hashes: answer.table.hashes.slice() }, have: answer.have.slice() };
     if (peers.length > 0) copy.peers = peers;
     return copy;
   }
@@ -306,10 +307,17 @@ class AskerSession {
         this.notify();
         return;
       }
+      case Frame.HASHES: {
+        const answer = this.answer;
+        if (typeof answer !== 'object') throw new BlobProtocolError('HASHES before a piece table', this.peerId);
+        answer.table.hashes.push(...decodeHashes(payload, answer.table, this.peerId));
+        return;
+      }
       case Frame.HAVE: {
         const answer = this.answer;
         if (typeof answer !== 'object') throw new BlobProtocolError('HAVE before a piece table', this.peerId);
         for (const index of decodeHave(payload, answer.have.length, this.peerId)) {
+          if (index >= answer.table.hashes.length) throw new BlobProtocolError(`HAVE of piece ${index} before its hash`, this.peerId);
           if (!answer.have[index]) {
             answer.have[index] = true;
             this.held++;

@@ -2,7 +2,7 @@ import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Logger } from 'pino';
 import { Uint8ArrayList } from 'uint8arraylist';
-import { decodeBitfield, encodeBitfield, pieceCount, sameTable, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
+import { consistentTables, decodeBitfield, encodeBitfield, pieceCount, validatePieceTable, type PieceTable } from '../fetch/piece-table.js';
 import { tryParseDigest } from '../oci/digest.js';
 import type { Askers } from './askers.js';
 import type { LocalBlobs } from './blob-protocol.js';
@@ -32,6 +32,11 @@ import type { UploadGate } from './upload-gate.js';
  *   STATE   16   u8 status: 0 OK | u32be n | n bytes of JSON piece table | bitfield of the
  *                pieces held verified; 1 NOT_FOUND; 4 PENDING (fetching, no verified piece
  *                yet). First, and again whenever what is held changes in a way HAVE cannot say.
+ *                The table may be provisional (the first wave: the holder's origin download is
+ *                still streaming in): then it lists the hashes of a prefix of the pieces only.
+ *                A piece held always has its hash in the table.
+ *   HASHES  22   u32be first | k × 32 bytes: the next k piece hashes of a provisional table,
+ *                `first` being how many it had; sent before the HAVE of those pieces
  *   HAVE    17   k × u32be piece index: pieces verified since the last STATE or HAVE
  *   PEERS   18   u8 k | k × (u8 n | n bytes of a peer id): others after the blob (peer exchange)
  *   BEGIN   21   u32be id | u32be n | f64be size: request id's answer starts; n bytes follow in
@@ -54,6 +59,7 @@ export const Frame = {
   DATA: 19,
   DONE: 20,
   BEGIN: 21,
+  HASHES: 22,
 } as const;
 
 export const StateStatus = { OK: 0, NOT_FOUND: 1, PENDING: 4 } as const;
@@ -172,22 +178,44 @@ export function decodeState(payload: Uint8Array, peerId: string): Exclude<PieceA
       if (5 + n > payload.byteLength) throw new BlobProtocolError(`STATE table of ${n} bytes overruns its frame`, peerId);
       let table: PieceTable;
       try {
-        table = validatePieceTable(JSON.parse(decoder.decode(payload.subarray(5, 5 + n))));
+        table = validatePieceTable(JSON.parse(decoder.decode(payload.subarray(5, 5 + n))), undefined, { provisional: true });
       } catch (err) {
         throw new BlobProtocolError(`bad piece table: ${(err as Error).message}`, peerId);
       }
       const count = pieceCount(table);
       const bits = payload.subarray(5 + n);
       if (bits.byteLength !== Math.ceil(count / 8)) throw new BlobProtocolError(`bitfield of ${bits.byteLength} bytes for ${count} pieces`, peerId);
+      let have: boolean[];
       try {
-        return { table, have: decodeBitfield(bits, count) };
+        have = decodeBitfield(bits, count);
       } catch (err) {
         throw new BlobProtocolError(`bad bitfield: ${(err as Error).message}`, peerId);
       }
+      if (have.lastIndexOf(true) >= table.hashes.length) throw new BlobProtocolError('STATE holds a piece its table has no hash for', peerId);
+      return { table, have };
     }
     default:
       throw new BlobProtocolError(`unknown STATE status ${payload[0]}`, peerId);
   }
+}
+
+export function encodeHashes(first: number, hashes: readonly string[]): Uint8Array {
+  const payload = new Uint8Array(4 + 32 * hashes.length);
+  view(payload).setUint32(0, first);
+  hashes.forEach((h, i) => payload.set(Buffer.from(h, 'hex'), 4 + 32 * i));
+  return frame(Frame.HASHES, payload);
+}
+
+/** The hashes a HASHES frame adds to `table` (provisional), as hex; throws on a frame that does not fit it. */
+export function decodeHashes(payload: Uint8Array, table: PieceTable, peerId: string): string[] {
+  if (payload.byteLength < 4 || (payload.byteLength - 4) % 32 !== 0) throw new BlobProtocolError(`HASHES of ${payload.byteLength} bytes`, peerId);
+  const first = view(payload).getUint32(0);
+  const k = (payload.byteLength - 4) / 32;
+  if (first !== table.hashes.length) throw new BlobProtocolError(`HASHES from piece ${first}, the table has ${table.hashes.length}`, peerId);
+  if (first + k > pieceCount(table)) throw new BlobProtocolError(`HASHES past the table's ${pieceCount(table)} pieces`, peerId);
+  const out: string[] = [];
+  for (let i = 0; i < k; i++) out.push(Buffer.from(payload.buffer, payload.byteOffset + 4 + 32 * i, 32).toString('hex'));
+  return out;
 }
 
 export function encodeHave(indices: readonly number[]): Uint8Array {
@@ -367,7 +395,16 @@ class HolderSession {
 
   private async tell(answer: PieceAnswer): Promise<void> {
     const told = this.told;
-    if (typeof answer === 'object' && typeof told === 'object' && told !== null && sameTable(answer.table, told.table)) {
+    if (
+      typeof answer === 'object' &&
+      typeof told === 'object' &&
+      told !== null &&
+      consistentTables(answer.table, told.table) &&
+      answer.table.hashes.length >= told.table.hashes.length
+    ) {
+      // The same table, or a provisional one grown: its new hashes first, then the pieces.
+      const known = told.table.hashes.length;
+      if (answer.table.hashes.length > known) await this.send(encodeHashes(known, answer.table.hashes.slice(known)));
       const news: number[] = [];
       answer.have.forEach((held, i) => {
         if (held && !told.have[i]) news.push(i);
@@ -376,7 +413,8 @@ class HolderSession {
     } else if (answer !== told || typeof answer === 'object') {
       await this.send(encodeState(answer));
     }
-    this.told = typeof answer === 'object' ? { table: answer.table, have: answer.have.slice() } : answer;
+    // A copy: a provisional table may grow in place.
+    this.told = typeof answer === 'object' ? { table: { ...answer.table, hashes: answer.table.hashes.slice() }, have: answer.have.slice() } : answer;
     const others = this.opts.askers?.ask(this.digest, this.peer).filter((p) => !this.toldPeers.has(p)) ?? [];
     if (others.length > 0) {
       for (const p of others) this.toldPeers.add(p);

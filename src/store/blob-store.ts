@@ -38,6 +38,8 @@ interface Lease {
 export class BlobStore {
   private readonly readers = new Map<string, number>();
   private readonly writing = new Set<string>();
+  /** Writers of downloads in flight, by digest: peers read their provisional pieces. */
+  private readonly writers = new Map<string, BlobWriter>();
   /** Size of every blob held, so accounting stays right when two paths forget one blob. */
   private readonly sizes = new Map<string, number>();
   private total = 0;
@@ -128,13 +130,18 @@ export class BlobStore {
     return stream;
   }
 
+  /** The writer of `digest`'s download in flight, if one is. */
+  writerOf(digest: string): BlobWriter | undefined {
+    return this.writers.get(digest);
+  }
+
   /** Starts writing a blob; only one writer per digest exists at a time. */
   async beginWrite(digest: Digest, mediaType?: string): Promise<BlobWriter> {
     if (this.writing.has(digest.value)) throw new Error(`${digest.value} is already being written`);
     this.writing.add(digest.value);
     const temp = join(this.opts.dir, 'tmp', `${digest.hex.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
     try {
-      return await BlobWriter.create(
+      const writer = await BlobWriter.create(
         digest,
         temp,
         async (size, table) => {
@@ -144,8 +151,13 @@ export class BlobStore {
           this.account(digest.value, size);
           this.scheduleEviction();
         },
-        () => this.writing.delete(digest.value),
+        () => {
+          this.writing.delete(digest.value);
+          if (this.writers.get(digest.value) === writer) this.writers.delete(digest.value);
+        },
       );
+      this.writers.set(digest.value, writer);
+      return writer;
     } catch (err) {
       this.writing.delete(digest.value);
       throw err;

@@ -2,7 +2,9 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import { DigestMismatchError, hasherFor, type Digest } from '../oci/digest.js';
 import { PieceHasher, type PieceTable } from '../fetch/piece-table.js';
+import { Readable } from 'node:stream';
 import { FlushBehind } from './flush-behind.js';
+import { openReadStream } from './read-stream.js';
 
 /**
  * Writes one blob to a temporary file while hashing it. Bytes may arrive from several
@@ -15,6 +17,8 @@ export class BlobWriter {
   private done = false;
   private readonly flush: FlushBehind;
   private pieces: PieceHasher | undefined;
+  /** Pieces hashed whole and written to the file: peers may read them (the first wave). */
+  private piecesOnFile = 0;
 
   constructor(
     readonly digest: Digest,
@@ -73,6 +77,39 @@ export class BlobWriter {
     }
     this.written += length;
     this.flush.wrote(length);
+    // Hashed before the write, so every piece closed so far is on the file now.
+    if (this.pieces !== undefined) this.piecesOnFile = this.pieces.known.length;
+  }
+
+  /**
+   * The provisional piece table of what is written so far (the hashes of the pieces whole on
+   * the file), while the bytes are not yet checked against the digest; undefined without
+   * `trackPieces` or before a whole piece. Its pieces can be read from `path`.
+   */
+  provisional(): PieceTable | undefined {
+    if (this.pieces === undefined || this.piecesOnFile === 0 || this.done) return undefined;
+    return { size: this.pieces.size, pieceSize: this.pieces.pieceSize, hashes: this.pieces.known.slice(0, this.piecesOnFile) };
+  }
+
+  /** Whole pieces on the file so far (changes with each write that completes one). */
+  get provisionalPieces(): number {
+    return this.pieces === undefined ? 0 : this.piecesOnFile;
+  }
+
+  /**
+   * Bytes [offset, offset+length) of the provisional pieces, read from the temporary file;
+   * undefined when they are not all whole on it. The descriptor keeps them readable if the file
+   * is renamed (committed) or removed (aborted) meanwhile.
+   */
+  async openProvisional(offset: number, length: number | undefined): Promise<{ size: number; body: Readable } | undefined> {
+    const table = this.provisional();
+    if (table === undefined) return undefined;
+    const held = Math.min(table.size, table.hashes.length * table.pieceSize);
+    const end = Math.min(table.size, length === undefined ? table.size : offset + length);
+    if (offset > end || end > held) return undefined;
+    if (end === offset) return { size: table.size, body: Readable.from([]) };
+    const body = await openReadStream(this.tempPath, { start: offset, end: end - 1, highWaterMark: 1024 * 1024 });
+    return body === undefined ? undefined : { size: table.size, body };
   }
 
   /** Verifies the digest, makes the file durable and moves it into place. */
