@@ -295,7 +295,7 @@ export class Agent {
               ...(t.size !== undefined && { size: t.size }),
               sources: t.sources,
               seconds: Math.round((Date.now() - t.startedAt) / 100) / 10,
-              ...(table && partial && { size: table.size, pieces: { have: partial.have.filter(Boolean).length, total: table.hashes.length } }),
+              ...(table && partial && { size: table.size, pieces: { have: partial.have.filter(Boolean).length, total: pieceCount(table) } }),
             };
           }),
           cache: { bytes: store.size, maxBytes: store.maxSize, blobs: store.count },

@@ -16,6 +16,11 @@ export interface Partial {
   readonly file: FileHandle;
   table?: PieceTable;
   have: boolean[];
+  /**
+   * The table was learnt provisional (the first wave): its pieces may travel between agents
+   * but reach no client before the whole blob has hashed to its digest.
+   */
+  provisional?: boolean;
 }
 
 /**

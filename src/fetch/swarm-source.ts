@@ -5,7 +5,7 @@ import { FlushBehind } from '../store/flush-behind.js';
 import { openReadStream } from '../store/read-stream.js';
 import type { HashSession, HashWorker } from './hash-worker.js';
 import { Partials, type Partial } from './partials.js';
-import { isComplete, pieceRange, type PieceTable } from './piece-table.js';
+import { isComplete, pieceCount, pieceRange, type PieceTable } from './piece-table.js';
 import { swarmDownload, type PieceSource } from './swarm-download.js';
 import type { BlobRequest, BlobSource, SourceBody } from './source.js';
 
@@ -108,7 +108,8 @@ export class SwarmSource implements BlobSource {
         maxInFlightPerPeer: 4,
         onTable: (table) => {
           partial.table = table;
-          partial.have = new Array<boolean>(table.hashes.length).fill(false);
+          partial.provisional = !isComplete(table);
+          partial.have = new Array<boolean>(pieceCount(table)).fill(false);
           hashing = this.opts.hashing?.session(partial.path, table, request.digest.algorithm);
         },
         ...(this.opts.hashing && { verifyPiece: (index, bytes, expected) => hashing!.verifyPiece(index, bytes, expected) }),

@@ -177,7 +177,8 @@ async function assembling(partials: Partials, digest: string, ensuring: Promise<
   );
   while (!settled) {
     const partial = partials.get(digest);
-    if (partial?.table && partial.have.some(Boolean)) return partial;
+    // Not from a provisional table: those bytes wait for the digest check.
+    if (partial?.table && !partial.provisional && partial.have.some(Boolean)) return partial;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   return undefined;

@@ -72,21 +72,21 @@ async function slowProviderAndJoiner(repo: string, layers: number[]) {
  * liar keys until one beat a given victim failed whenever the victim sat very close to the layer
  * (1 in 65 per test: one red clean-clone run).
  */
-async function startVictimAndLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; key: string }): Promise<{ b: TestAgent; liar: P2PNode }> {
+async function startVictimAndLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; key: string; p2p?: Record<string, unknown>; laterPiecesAfterMs?: number }): Promise<{ b: TestAgent; liar: P2PNode }> {
   const files = [join(dir, `${opts.key}-1`), join(dir, `${opts.key}-2`)];
   const ids = await Promise.all(files.map(async (f) => peerIdFromPrivateKey(await loadOrCreatePrivateKey(f)).toString()));
   const liarAt = ids.indexOf(closestPeers(opts.layer, ids, 1)[0]!);
   const victimDir = join(dir, `${opts.key}-victim`);
   await mkdir(join(victimDir, 'p2p'), { recursive: true });
   await copyFile(files[1 - liarAt]!, join(victimDir, 'p2p', 'key'));
-  const b = await startAgent({ registries: registries(), dir: victimDir });
+  const b = await startAgent({ registries: registries(), dir: victimDir, ...(opts.p2p && { p2p: opts.p2p }) });
   agents.push(b);
   expect(b.agent.p2p!.peerId).toBe(ids[1 - liarAt]);
   const liar = await startLiar({ ...opts, victim: b, keyFile: files[liarAt]! });
   return { b, liar };
 }
 
-async function startLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; keyFile: string }) {
+async function startLiar(opts: { layer: string; size: number; table: PieceTable; garbage: Buffer; victim: TestAgent; keyFile: string; laterPiecesAfterMs?: number }) {
   const { layer, size, table, garbage } = opts;
   return P2PNode.start({
     listen: ['/ip4/127.0.0.1/tcp/0'],
@@ -98,11 +98,15 @@ async function startLiar(opts: { layer: string; size: number; table: PieceTable;
     blobs: {
       async open(digest, offset, length) {
         if (digest !== layer) return undefined;
+        // Held back past the first piece: the victim is then serving that piece to its client
+        // when the rest arrives, whatever the machine's speed.
+        if (offset > 0 && opts.laterPiecesAfterMs !== undefined) await sleep(opts.laterPiecesAfterMs);
         const end = length === undefined ? size : Math.min(size, offset + length);
         return { size, body: Readable.from([garbage.subarray(offset, end)]) };
       },
     },
-    pieces: { info: async (digest) => (digest === layer ? { table, have: table.hashes.map(() => true) } : undefined) },
+    // A provisional table (fewer hashes than pieces: the first wave) holds the pieces it has hashes for.
+    pieces: { info: async (digest) => (digest === layer ? { table, have: Array.from({ length: Math.ceil(size / table.pieceSize) }, (_, i) => i < table.hashes.length) } : undefined) },
   });
 }
 
@@ -246,20 +250,35 @@ describe('agents sharing blobs over libp2p', () => {
   });
 
   it.each([
-    ['pieces that fail the true piece table', true],
-    ['a piece table of its own that leads to a wrong digest', false],
-  ])('drops and penalises a peer that sends %s; the pull completes', async (_label, trueTable) => {
-    const image = await push(`team/lied-${trueTable ? 'pieces' : 'table'}:v1`, [6 * 1024 * 1024]);
+    ['pieces that fail the true piece table', true, false],
+    ['a piece table of its own that leads to a wrong digest', false, false],
+    // The first wave: a fetcher offering pieces while its origin download is in flight.
+    ['pieces that fail a true provisional table', true, true],
+    ['a provisional piece table of its own', false, true],
+  ])('drops and penalises a peer that sends %s; the pull completes', async (_label, trueTable, provisional) => {
+    const name = `team/lied-${trueTable ? 'pieces' : 'table'}${provisional ? '-first-wave' : ''}`;
+    const image = await push(`${name}:v1`, [6 * 1024 * 1024]);
     const layer = image.layerDigests[0]!;
     const size = image.layerSizes[0]!;
     // A test peer that speaks Shoal's protocols, provides the layer, and serves garbage of the
     // right size, announcing either the blob's real piece table or one computed over its garbage.
     const garbage = Buffer.alloc(size, 0x42);
-    const real = Buffer.from(await (await fetch(`${registry.url}/v2/team/lied-${trueTable ? 'pieces' : 'table'}/blobs/${layer}`)).arrayBuffer());
+    const real = Buffer.from(await (await fetch(`${registry.url}/v2/${name}/blobs/${layer}`)).arrayBuffer());
     const hasher = new PieceHasher(size);
     hasher.update(trueTable ? real : garbage);
-    const table = hasher.finish();
-    const { b, liar } = await startVictimAndLiar({ layer, size, table, garbage, key: `liar-${String(trueTable)}.key` });
+    const whole = hasher.finish();
+    // Provisional: the hash of the first of its two pieces only, as if the rest were still coming.
+    const table = provisional ? { ...whole, hashes: whole.hashes.slice(0, 1) } : whole;
+    // A provisional liar that never gets further looks like a fetcher still downloading: the
+    // victim waits for it up to p2p.originFetchWait (shortened here) before it gives up on it.
+    const { b, liar } = await startVictimAndLiar({
+      layer,
+      size,
+      table,
+      garbage,
+      key: `liar-${String(trueTable)}-${String(provisional)}.key`,
+      ...(provisional && { p2p: { originFetchWait: '3s' } }),
+    });
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
@@ -268,10 +287,13 @@ describe('agents sharing blobs over libp2p', () => {
       // A lying table is only caught when the whole blob fails its digest; the response that
       // was already streaming is then cut short (never completed with wrong bytes, which skopeo
       // would report as a digest mismatch), and the client's next attempt gets the real blob.
-      const ref = `${b.host}/team/lied-${trueTable ? 'pieces' : 'table'}:v1`;
+      const ref = `${b.host}/${name}:v1`;
       const first = await skopeoPull(ref);
       await first.remove();
       expect(first.stderr).not.toMatch(/digest/i);
+      // Pieces checked against a provisional table never reach a client before the digest
+      // check: nothing was streamed, so nothing had to be cut, and the first pull succeeds.
+      if (provisional) expect(first.ok).toBe(true);
       if (!first.ok) {
         expect(trueTable).toBe(false);
         const again = await skopeoPull(ref);
@@ -281,9 +303,12 @@ describe('agents sharing blobs over libp2p', () => {
       }
       expect(b.agent.peerBook!.isPenalised(liar.peerId)).toBe(true);
       expect(await metric(b, 'shoal_peer_transfer_failures_total', { reason: 'verification' })).toBeGreaterThanOrEqual(1);
-      // Every byte of the layer came from the origin once the lie was thrown away.
-      expect(origin.blobBytes()).toBe(image.blobBytes);
-      expect(await metric(b, 'shoal_blob_bytes_total', { source: 'origin' })).toBe(image.blobBytes);
+      // Every byte of the layer came from the origin once the lie was thrown away. Against a
+      // provisional table, the pieces past its end came from the origin before the lie showed
+      // (the assembly they went into failed its digest): at most one more layer's worth.
+      const extra = provisional ? size - table.hashes.length * table.pieceSize : 0;
+      expect(origin.blobBytes()).toBe(image.blobBytes + (trueTable ? 0 : extra));
+      expect(await metric(b, 'shoal_blob_bytes_total', { source: 'origin' })).toBe(image.blobBytes + (trueTable ? 0 : extra));
       const stored = await b.agent.store.get(parseDigest(layer));
       expect(stored?.size).toBe(size);
     } finally {
@@ -417,7 +442,7 @@ describe('feeding the local client while the swarm assembles a blob', () => {
     const hasher = new PieceHasher(size);
     hasher.update(garbage);
     const table = hasher.finish();
-    const { b, liar } = await startVictimAndLiar({ layer, size, table, garbage, key: 'cut-liar.key' });
+    const { b, liar } = await startVictimAndLiar({ layer, size, table, garbage, key: 'cut-liar.key', laterPiecesAfterMs: 500 });
     try {
       await waitForPeers(b, 1);
       await liar.provide(layer);
