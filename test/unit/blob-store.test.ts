@@ -189,4 +189,36 @@ describe('BlobStore', () => {
     expect(await store.metadata.getPieceTable(otherDigest.value)).toBeUndefined();
     await store.close();
   });
+
+  it('offers the pieces of a download in flight under a provisional table, as they are written (the first wave)', async () => {
+    const store = await BlobStore.open({ dir, maxSize: 64 << 20, now });
+    const MIB = 1 << 20;
+    const bytes = randomBytes(9 * MIB); // pieces of 4, 4 and 1 MiB
+    const digest = digestOf(bytes);
+    const hasher = new PieceHasher(bytes.length);
+    hasher.update(bytes);
+    const table = hasher.finish();
+    const writer = await store.beginWrite(digest);
+    expect(store.writerOf(digest.value)).toBe(writer);
+    writer.trackPieces(bytes.length);
+    await writer.write(bytes.subarray(0, 3 * MIB));
+    // Not a whole piece yet: nothing to offer.
+    expect(writer.provisional()).toBeUndefined();
+    expect(await writer.openProvisional(0, 1)).toBeUndefined();
+    await writer.write(bytes.subarray(3 * MIB, 6 * MIB));
+    expect(writer.provisional()).toEqual({ ...table, hashes: table.hashes.slice(0, 1) });
+    expect((await drain((await writer.openProvisional(MIB, 2 * MIB))!.body)).equals(bytes.subarray(MIB, 3 * MIB))).toBe(true);
+    // Bytes of the second piece are partly written only.
+    expect(await writer.openProvisional(3 * MIB, 2 * MIB)).toBeUndefined();
+    // The shorter last piece counts as soon as the blob is whole, before the commit.
+    await writer.write(bytes.subarray(6 * MIB));
+    expect(writer.provisional()).toEqual(table);
+    const tail = await writer.openProvisional(8 * MIB, 4 * MIB);
+    expect(tail?.size).toBe(bytes.length);
+    expect((await drain(tail!.body)).equals(bytes.subarray(8 * MIB))).toBe(true);
+    await writer.commit(store.pathOf(digest), 'origin');
+    expect(writer.provisional()).toBeUndefined();
+    expect(store.writerOf(digest.value)).toBeUndefined();
+    await store.close();
+  });
 });

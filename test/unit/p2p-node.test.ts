@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PeerBusyError } from '../../src/p2p/errors.js';
 import { MemoryBlobs, patternFill } from '../../src/p2p/memory-blobs.js';
 import { P2PNode, type P2PStartOptions } from '../../src/p2p/node.js';
+import { PieceNews } from '../../src/fetch/piece-news.js';
 
 const logger = pino({ level: process.env.P2P_TEST_LOG ?? 'silent' });
 
@@ -357,6 +358,33 @@ describe('P2PNode on loopback', () => {
     expect(old.libp2p.getProtocols().some((p) => p.endsWith('/swarm/1.0.0'))).toBe(false);
     // B fell back to the blob protocol for the older agent: no session was opened to it.
     expect(old.streamsAnswered().blob).toBe(1);
+  });
+
+  it('passes on a provisional piece table as it grows (the first wave), and tells an older agent it is pending', async () => {
+    const d = fakeDigest('first wave');
+    const MIB = 1024 * 1024;
+    const hashes = ['1'.repeat(64), '2'.repeat(64), '3'.repeat(64)];
+    const table = (known: number) => ({ size: 9 * MIB, pieceSize: 4 * MIB, hashes: hashes.slice(0, known) });
+    let known = 1;
+    const news = new PieceNews();
+    const fetcher = await start('fetcher', new MemoryBlobs(), {
+      pieces: {
+        info: async (digest) => (digest === d ? { table: table(known), have: [0, 1, 2].map((i) => i < known) } : undefined),
+        changed: (digest, signal) => news.next(digest, signal),
+      },
+    });
+    await b.dial(fetcher.multiaddrs()[0]!);
+    expect(await b.pieceInfo(fetcher.peerId, d)).toEqual({ table: table(1), have: [true, false, false] });
+    // A long poll ends when the table has grown and the piece is held.
+    const polled = b.pieceInfo(fetcher.peerId, d, { wait: { known: 1, waitMs: 5_000 } });
+    known = 2;
+    news.notify(d);
+    expect(await polled).toEqual({ table: table(2), have: [true, true, false] });
+    expect(fetcher.streamsAnswered().swarm).toBe(1);
+    // The previous release takes a table as whole: a provisional one is PENDING to it.
+    const old = await start('old-asker', new MemoryBlobs(), { legacyWire: true });
+    await old.dial(fetcher.multiaddrs()[0]!);
+    expect(await old.pieceInfo(fetcher.peerId, d)).toBe('pending');
   });
 
   it('unprovide stops this node from advertising', async () => {

@@ -1,7 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
+  consistentTables,
   decodeBitfield,
+  isComplete,
   encodeBitfield,
   PieceHasher,
   pieceCount,
@@ -138,6 +140,38 @@ describe('sameTable', () => {
     expect(sameTable(t, { ...t, hashes: [...t.hashes] })).toBe(true);
     expect(sameTable(t, { ...t, hashes: ['0'.repeat(64), 'e'.repeat(64)] })).toBe(false);
     expect(sameTable(t, { ...t, size: 5 * MIB + 1 })).toBe(false);
+  });
+});
+
+describe('provisional tables (the first wave)', () => {
+  const whole = { size: 9 * MIB, pieceSize: 4 * MIB, hashes: ['0'.repeat(64), 'f'.repeat(64), 'a'.repeat(64)] };
+  const prefix = { ...whole, hashes: whole.hashes.slice(0, 1) };
+
+  it('validates a prefix of the hashes only when told the table may be provisional', () => {
+    expect(validatePieceTable(prefix, undefined, { provisional: true })).toEqual(prefix);
+    expect(validatePieceTable({ ...whole, hashes: [] }, undefined, { provisional: true }).hashes).toEqual([]);
+    expect(() => validatePieceTable(prefix)).toThrow(/1 hashes, 3 expected/);
+    expect(() => validatePieceTable({ ...whole, hashes: [...whole.hashes, 'b'.repeat(64)] }, undefined, { provisional: true })).toThrow(/at most 3/);
+    expect(isComplete(prefix)).toBe(false);
+    expect(isComplete(whole)).toBe(true);
+  });
+
+  it('calls tables consistent when they cut alike and agree on every hash both know', () => {
+    expect(consistentTables(prefix, whole)).toBe(true);
+    expect(consistentTables(whole, prefix)).toBe(true);
+    expect(consistentTables(whole, { ...whole, hashes: ['0'.repeat(64), 'e'.repeat(64)] })).toBe(false);
+    expect(consistentTables(prefix, { ...prefix, size: 9 * MIB + 1 })).toBe(false);
+  });
+
+  it('knows each piece hash as soon as the piece has gone through the hasher, the short last one too', () => {
+    const bytes = randomBytes(9 * MIB);
+    const h = new PieceHasher(bytes.length);
+    h.update(bytes.subarray(0, 5 * MIB));
+    expect(h.known).toEqual([sha256(bytes.subarray(0, 4 * MIB))]);
+    h.update(bytes.subarray(5 * MIB));
+    expect(h.known).toHaveLength(3);
+    expect(h.known[2]).toBe(sha256(bytes.subarray(8 * MIB)));
+    expect(h.finish().hashes).toHaveLength(3);
   });
 });
 
