@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { givePieceBuffer, takePieceBuffer } from './piece-buffers.js';
 import { consistentTables, pieceCount, pieceRange, validatePieceTable, type PieceTable } from './piece-table.js';
 
 /*
@@ -191,8 +192,6 @@ class SwarmDownload {
   private readonly infoTimeoutMs: number;
   /** Moving average of how long a piece took, for the endgame. */
   private pieceMs: number | undefined;
-  /** Piece buffers no request is using (all of the table's piece size). */
-  private readonly spare: Buffer[] = [];
 
   constructor(private readonly opts: SwarmDownloadOptions) {
     this.maxPerPeer = Math.max(1, opts.maxInFlightPerPeer ?? DEFAULT_MAX_IN_FLIGHT_PER_PEER);
@@ -661,7 +660,7 @@ class SwarmDownload {
       lastData = Date.now();
     };
 
-    const buffer = this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(this.table!.pieceSize));
+    const buffer = takePieceBuffer(this.table!.pieceSize);
     const bytes = buffer.subarray(0, length);
     let notHeld = false;
     let error: unknown;
@@ -680,7 +679,7 @@ class SwarmDownload {
     try {
       await this.settlePiece(req, bytes, failed, notHeld, error);
     } finally {
-      this.spare.push(buffer);
+      givePieceBuffer(buffer);
     }
   }
 
