@@ -53,13 +53,14 @@ export class StreamReader {
 
   /** The next n bytes; throws BlobProtocolError if the stream ends first. */
   async readExactly(n: number, signal?: AbortSignal): Promise<Uint8Array> {
-    for (;;) {
-      signal?.throwIfAborted();
-      if (this.buffered >= n) return this.take(n);
-      if (this.failure !== undefined) throw this.failure;
-      if (this.eof) throw new BlobProtocolError(`stream ended after ${this.buffered} of ${n} header bytes`);
-      await this.waitForData(signal);
+    await this.fill(n, 'header bytes', signal);
+    const out = new Uint8Array(n);
+    let filled = 0;
+    for (const chunk of this.splice(n)) {
+      out.set(chunk, filled);
+      filled += chunk.byteLength;
     }
+    return out;
   }
 
   /**
@@ -67,13 +68,23 @@ export class StreamReader {
    * whole, where `readExactly` would copy every byte into a new buffer.
    */
   async readChunks(n: number, signal?: AbortSignal): Promise<Uint8Array[]> {
+    await this.fill(n, 'bytes', signal);
+    return this.splice(n);
+  }
+
+  /** Waits until n bytes are buffered; throws if the stream fails or ends first. */
+  private async fill(n: number, what: string, signal?: AbortSignal): Promise<void> {
     for (;;) {
       signal?.throwIfAborted();
-      if (this.buffered >= n) break;
+      if (this.buffered >= n) return;
       if (this.failure !== undefined) throw this.failure;
-      if (this.eof) throw new BlobProtocolError(`stream ended after ${this.buffered} of ${n} bytes`);
+      if (this.eof) throw new BlobProtocolError(`stream ended after ${this.buffered} of ${n} ${what}`);
       await this.waitForData(signal);
     }
+  }
+
+  /** Takes the first n buffered bytes (n ≤ buffered) as views of the chunks they are in. */
+  private splice(n: number): Uint8Array[] {
     const out: Uint8Array[] = [];
     let left = n;
     while (left > 0) {
@@ -139,27 +150,6 @@ export class StreamReader {
 
   private resuming = false;
   private pauseAfterResume = false;
-
-  private take(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    let filled = 0;
-    while (filled < n) {
-      const head = this.chunks[0]!;
-      const want = n - filled;
-      if (head.byteLength <= want) {
-        out.set(head, filled);
-        filled += head.byteLength;
-        this.chunks.shift();
-      } else {
-        out.set(head.subarray(0, want), filled);
-        this.chunks[0] = head.subarray(want);
-        filled += want;
-      }
-    }
-    this.buffered -= n;
-    if (this.buffered < this.maxHeaderBuffer) this.resume();
-    return out;
-  }
 
   private waitForData(signal?: AbortSignal): Promise<void> {
     return new Promise<void>((resolve, reject) => {

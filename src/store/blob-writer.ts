@@ -84,7 +84,7 @@ export class BlobWriter {
   /**
    * The provisional piece table of what is written so far (the hashes of the pieces whole on
    * the file), while the bytes are not yet checked against the digest; undefined without
-   * `trackPieces` or before a whole piece. Its pieces can be read from `path`.
+   * `trackPieces` or before a whole piece. Its pieces are read with `openProvisional`.
    */
   provisional(): PieceTable | undefined {
     if (this.pieces === undefined || this.piecesOnFile === 0 || this.done) return undefined;
@@ -93,7 +93,7 @@ export class BlobWriter {
 
   /** Whole pieces on the file so far (changes with each write that completes one). */
   get provisionalPieces(): number {
-    return this.pieces === undefined ? 0 : this.piecesOnFile;
+    return this.piecesOnFile;
   }
 
   /**
