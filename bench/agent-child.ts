@@ -57,7 +57,7 @@ process.on('message', (message: Command) => {
             // Streams this agent answered, by protocol: the fleet's control traffic.
             // Event-loop delay since the last view (ms): p99 and max.
             loop: takeLoopDelay(),
-            streams: { ...agent.p2p!.streamsAnswered(), dht: await dhtRequestsAnswered(), 'dht walks': await providerLookups() },
+            streams: { ...agent.p2p!.streamsAnswered(), ...(await dhtRequestsAnswered()), 'dht walks': await providerLookups() },
             // Piece ranges traded with each peer on the swarm wire, both ways.
             traded: agent.p2p!.rangesTraded(),
           });
@@ -95,13 +95,15 @@ process.on('message', (message: Command) => {
 });
 process.send?.({ ready: true });
 
-/** DHT requests this agent answered (libp2p's metric, summed over its message types). */
-async function dhtRequestsAnswered(): Promise<number> {
+/** DHT requests this agent answered by message type ('dht FIND_NODE', …), from libp2p's metric. */
+async function dhtRequestsAnswered(): Promise<Record<string, number>> {
   const all = await agent.metrics.libp2p.getMetricsAsJSON();
-  return all
-    .filter((m) => m.name.endsWith('_inbound_rpc_requests_total'))
-    .flatMap((m) => m.values)
-    .reduce((sum, v) => sum + v.value, 0);
+  const counts: Record<string, number> = {};
+  for (const v of all.filter((m) => m.name.endsWith('_inbound_rpc_requests_total')).flatMap((m) => m.values)) {
+    const type = `dht ${String(Object.values(v.labels)[0] ?? 'other')}`;
+    counts[type] = (counts[type] ?? 0) + v.value;
+  }
+  return counts;
 }
 
 /** Provider lookups (DHT walks) this agent made. */

@@ -19,6 +19,7 @@ import { Membership, realClock, type Liveness, type MembershipOptions } from './
 import { MemberWire, membersProtocolId } from './membership/member-wire.js';
 import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
+import { closestWithoutWalk, dhtInternals, sendProviderRecords } from './direct-announce.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { StreamCounts } from './stream-counts.js';
 import { TradeCounts } from './trade-counts.js';
@@ -64,6 +65,8 @@ const MIB = 1024 * 1024;
 const STREAM_WINDOW = 16 * MIB;
 const PROVIDER_VALIDITY_MS = 2 * 60 * 60_000;
 const DEFAULT_PROVIDE_TIMEOUT_MS = 10_000;
+/** The DHT's bucket size: a provider record goes to this many closest peers. */
+const DHT_K = 20;
 /** A peer must answer a blob request (status and header) within this time. */
 const RESPONSE_TIMEOUT_MS = 10_000;
 /** How long a peer found to lack the swarm wire is asked the old way before it is tried again. */
@@ -142,6 +145,9 @@ export class P2PNode implements BenchDialer {
   private readonly unannounced = new Set<string>();
   /** Digests whose provider record reached a DHT peer (the DHT re-provides them from then on). */
   private readonly announced = new Set<string>();
+  /** Announcements sent straight to the closest peers, the routing table holding every member. */
+  private directAnnouncements = 0;
+  private walkedAnnouncements = 0;
   /** Announcements in flight, so that providing a digest twice at once announces it once. */
   private readonly announcing = new Map<string, Promise<void>>();
   private announceTimer: NodeJS.Timeout | undefined;
@@ -211,7 +217,7 @@ export class P2PNode implements BenchDialer {
         protocol: protocols.dht,
         clientMode: false,
         peerInfoMapper: passthroughMapper,
-        kBucketSize: 20,
+        kBucketSize: DHT_K,
         allowQueryWithZeroPeers: true,
         initialQuerySelfInterval: 200,
         // It pings every new contact (and old ones when a bucket is full), each a dial to a
@@ -736,6 +742,11 @@ export class P2PNode implements BenchDialer {
 
   // -------------------------------------------------------------------------------------------
 
+  /** DHT announcements made so far: straight to the closest peers, or after a FIND_NODE walk. */
+  announcements(): { direct: number; walked: number } {
+    return { direct: this.directAnnouncements, walked: this.walkedAnnouncements };
+  }
+
   private dhtPeerCount(): number {
     const dht = this.libp2p.services.dht as KadDHT & { routingTable?: { size: number } };
     return dht.routingTable?.size ?? 0;
@@ -764,9 +775,20 @@ export class P2PNode implements BenchDialer {
   private async announce(digest: string, cid = cidForDigest(digest), reschedule = true): Promise<void> {
     let reached = 0;
     try {
-      // The DHT service itself (not libp2p.contentRouting) so the peers reached can be counted.
-      for await (const event of this.libp2p.services.dht.provide(cid, { signal: AbortSignal.timeout(this.provideTimeoutMs) })) {
-        if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') reached++;
+      const signal = AbortSignal.timeout(this.provideTimeoutMs);
+      const internals = dhtInternals(this.libp2p.services.dht);
+      const members = this.membership.members().map((m) => m.id);
+      const closest = internals === undefined ? undefined : await closestWithoutWalk(internals, cid, members, DHT_K);
+      if (internals !== undefined && closest !== undefined) {
+        this.directAnnouncements++;
+        const self = { id: this.libp2p.peerId, addrs: this.libp2p.getMultiaddrs() };
+        reached = await sendProviderRecords(internals, cid, self, closest, signal);
+      } else {
+        this.walkedAnnouncements++;
+        // The DHT service itself (not libp2p.contentRouting) so the peers reached can be counted.
+        for await (const event of this.libp2p.services.dht.provide(cid, { signal })) {
+          if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') reached++;
+        }
       }
     } catch (err) {
       if (this.stopping) return;

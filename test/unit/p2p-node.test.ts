@@ -265,21 +265,34 @@ describe('P2PNode on loopback', () => {
     await until('upload released', () => a.activeUploads() === 0);
   });
 
-  /** Runs `body` counting B's DHT provide walks. */
+  /** Runs `body` counting B's DHT announcements (walked or sent straight to the closest peers). */
   async function countingWalks(body: (walks: () => number) => Promise<void>, node = b): Promise<void> {
-    const dht = node.libp2p.services.dht;
-    const original = dht.provide.bind(dht);
-    let walks = 0;
-    dht.provide = (...args: Parameters<typeof dht.provide>) => {
-      walks++;
-      return original(...args);
-    };
-    try {
-      await body(() => walks);
-    } finally {
-      dht.provide = original;
-    }
+    const total = () => node.announcements().direct + node.announcements().walked;
+    const before = total();
+    await body(() => total() - before);
   }
+
+  it('announces straight to the closest peers, with no FIND_NODE walk, when its routing table holds every member', async () => {
+    await until('B knows A and C as members and in its routing table', () => b.members().length === 2 && routingTableSize(b) === 2);
+    const network = (b.libp2p.services.dht as unknown as { network: { sendRequest: (...args: unknown[]) => unknown; sendMessage: (...args: unknown[]) => unknown } }).network;
+    const sent: string[] = [];
+    const { sendRequest, sendMessage } = network;
+    network.sendRequest = (...args: unknown[]) => (sent.push((args[1] as { type: string }).type), sendRequest.apply(network, args));
+    network.sendMessage = (...args: unknown[]) => (sent.push((args[1] as { type: string }).type), sendMessage.apply(network, args));
+    const before = b.announcements();
+    const d = fakeDigest('announced without a walk');
+    try {
+      await b.provide(d);
+    } finally {
+      network.sendRequest = sendRequest;
+      network.sendMessage = sendMessage;
+    }
+    expect(b.announcements()).toEqual({ direct: before.direct + 1, walked: before.walked });
+    // One ADD_PROVIDER to each of A and C, and no question about who is closer.
+    expect(sent.sort()).toEqual(['ADD_PROVIDER', 'ADD_PROVIDER']);
+    expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
+    expect(await c.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
+  });
 
   it('announces a digest provided several times once, and again after an unprovide', async () => {
     const d = fakeDigest('provided thrice');

@@ -1,0 +1,58 @@
+import { createHash } from 'node:crypto';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { PeerId } from '@libp2p/interface';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { describe, expect, it } from 'vitest';
+import { cidForDigest } from '../../src/p2p/cid.js';
+import { closestWithoutWalk, dhtInternals, type DhtInternals } from '../../src/p2p/direct-announce.js';
+
+async function peers(n: number): Promise<PeerId[]> {
+  return Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519'))));
+}
+
+/** A routing table holding `held`, ordering by kad distance as kad-dht does. */
+function fakeDht(held: PeerId[]): DhtInternals {
+  const kad = (p: PeerId) => createHash('sha256').update(p.toMultihash().bytes).digest();
+  return {
+    routingTable: {
+      size: held.length,
+      find: async (p) => held.find((h) => h.equals(p)),
+      closestPeers: (kadId, options) => {
+        const dist = (p: PeerId) => Buffer.from(kad(p).map((byte, i) => byte ^ kadId[i]!));
+        return [...held].sort((x, y) => Buffer.compare(dist(x), dist(y))).slice(0, options?.count ?? 20);
+      },
+    },
+    providers: { addProvider: async () => {} },
+    network: { sendMessage: async function* () {} },
+  };
+}
+
+describe('closestWithoutWalk', () => {
+  const cid = cidForDigest(`sha256:${'ab'.repeat(32)}`);
+
+  it('answers from the routing table when it holds every member, the K closest of them', async () => {
+    const all = await peers(6);
+    const closest = await closestWithoutWalk(fakeDht(all), cid, all.map(String), 4);
+    expect(closest).toHaveLength(4);
+    const target = createHash('sha256').update(cid.multihash.bytes).digest();
+    const distance = (p: PeerId) => Buffer.from(createHash('sha256').update(p.toMultihash().bytes).digest().map((b, i) => b ^ target[i]!));
+    const expected = [...all].sort((x, y) => Buffer.compare(distance(x), distance(y))).slice(0, 4);
+    expect(closest!.map(String)).toEqual(expected.map(String));
+  });
+
+  it('walks (undefined) when a member is missing from the routing table, or there are no members', async () => {
+    const all = await peers(5);
+    const held = all.slice(0, 4);
+    // Same size, one different peer: the size alone does not decide.
+    const other = (await peers(1))[0]!;
+    expect(await closestWithoutWalk(fakeDht([...held, other]), cid, all.map(String), 20)).toBeUndefined();
+    expect(await closestWithoutWalk(fakeDht(held), cid, all.map(String), 20)).toBeUndefined();
+    expect(await closestWithoutWalk(fakeDht(all), cid, [], 20)).toBeUndefined();
+  });
+
+  it('finds the internals it needs on a kad-dht, and nothing on something else', () => {
+    expect(dhtInternals(fakeDht([]))).toBeDefined();
+    expect(dhtInternals({ routingTable: {} })).toBeUndefined();
+    expect(dhtInternals(undefined)).toBeUndefined();
+  });
+});
