@@ -19,7 +19,7 @@ import { Membership, realClock, type Liveness, type MembershipOptions } from './
 import { MemberWire, membersProtocolId } from './membership/member-wire.js';
 import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
-import { closestWithoutWalk, dhtInternals, sendProviderRecords } from './direct-announce.js';
+import { closestWithoutWalk, dhtInternals, providersWithoutWalk, sendProviderRecords } from './walkless-dht.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { StreamCounts } from './stream-counts.js';
 import { TradeCounts } from './trade-counts.js';
@@ -67,6 +67,8 @@ const PROVIDER_VALIDITY_MS = 2 * 60 * 60_000;
 const DEFAULT_PROVIDE_TIMEOUT_MS = 10_000;
 /** The DHT's bucket size: a provider record goes to this many closest peers. */
 const DHT_K = 20;
+/** Peers asked for providers, without a walk, by a node whose own store knows none. */
+const LOOKUP_ASK = 2;
 /** A peer must answer a blob request (status and header) within this time. */
 const RESPONSE_TIMEOUT_MS = 10_000;
 /** How long a peer found to lack the swarm wire is asked the old way before it is tried again. */
@@ -148,6 +150,8 @@ export class P2PNode implements BenchDialer {
   /** Announcements sent straight to the closest peers, the routing table holding every member. */
   private directAnnouncements = 0;
   private walkedAnnouncements = 0;
+  private walklessLookups = 0;
+  private walkedLookups = 0;
   /** Announcements in flight, so that providing a digest twice at once announces it once. */
   private readonly announcing = new Map<string, Promise<void>>();
   private announceTimer: NodeJS.Timeout | undefined;
@@ -488,11 +492,21 @@ export class P2PNode implements BenchDialer {
       // now would ask nobody, so wait for the first one (bounded by the timeout). With no
       // connection at all there is nobody to wait for.
       if (this.dhtPeerCount() === 0 && this.libp2p.getConnections().length > 0) await this.waitForDhtPeer(signal);
-      for await (const peer of this.libp2p.contentRouting.findProviders(cid, { signal })) {
-        const id = peer.id.toString();
-        if (id === this.peerId) continue;
-        found.add(id);
-        if (found.size >= max) break;
+      const internals = dhtInternals(this.libp2p.services.dht);
+      const members = this.membership.members().map((m) => m.id);
+      const known = internals === undefined ? undefined : await providersWithoutWalk(internals, cid, members, { k: DHT_K, ask: LOOKUP_ASK, signal });
+      if (known !== undefined) {
+        opts.signal?.throwIfAborted();
+        this.walklessLookups++;
+        for (const peer of known) if (peer.toString() !== this.peerId && found.size < max) found.add(peer.toString());
+      } else {
+        this.walkedLookups++;
+        for await (const peer of this.libp2p.contentRouting.findProviders(cid, { signal })) {
+          const id = peer.id.toString();
+          if (id === this.peerId) continue;
+          found.add(id);
+          if (found.size >= max) break;
+        }
       }
     } catch (err) {
       opts.signal?.throwIfAborted();
@@ -745,6 +759,11 @@ export class P2PNode implements BenchDialer {
   /** DHT announcements made so far: straight to the closest peers, or after a FIND_NODE walk. */
   announcements(): { direct: number; walked: number } {
     return { direct: this.directAnnouncements, walked: this.walkedAnnouncements };
+  }
+
+  /** Provider lookups made so far: answered without a walk (see providersWithoutWalk), or walked. */
+  lookups(): { walkless: number; walked: number } {
+    return { walkless: this.walklessLookups, walked: this.walkedLookups };
   }
 
   private dhtPeerCount(): number {

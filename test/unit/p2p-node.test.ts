@@ -9,6 +9,7 @@ import { PeerBusyError } from '../../src/p2p/errors.js';
 import { MemoryBlobs, patternFill } from '../../src/p2p/memory-blobs.js';
 import { P2PNode, type P2PStartOptions } from '../../src/p2p/node.js';
 import { PieceNews } from '../../src/fetch/piece-news.js';
+import { cidForDigest } from '../../src/p2p/cid.js';
 
 const logger = pino({ level: process.env.P2P_TEST_LOG ?? 'silent' });
 
@@ -292,6 +293,28 @@ describe('P2PNode on loopback', () => {
     expect(sent.sort()).toEqual(['ADD_PROVIDER', 'ADD_PROVIDER']);
     expect(await a.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
     expect(await c.findProviders(d, { timeoutMs: 2_000, max: 1 })).toEqual([b.peerId]);
+  });
+
+  it('looks providers up with no walk in a fleet every member of which holds every record', async () => {
+    await until('A knows B and C as members and in its routing table', () => a.members().length === 2 && routingTableSize(a) === 2);
+    const d = fakeDigest('found without a walk');
+    await b.provide(d);
+    // ADD_PROVIDER is a message without an answer: B is done once it is written.
+    const store = (a.libp2p.services.dht as unknown as { providers: { getProviders(cid: unknown): Promise<unknown[]> } }).providers;
+    await until('B\'s record stored at A', async () => (await store.getProviders(cidForDigest(d))).length > 0);
+    const network = (a.libp2p.services.dht as unknown as { network: { sendRequest: (...args: unknown[]) => unknown } }).network;
+    const sent: string[] = [];
+    const { sendRequest } = network;
+    network.sendRequest = (...args: unknown[]) => (sent.push((args[1] as { type: string }).type), sendRequest.apply(network, args));
+    const before = a.lookups();
+    try {
+      expect(await a.findProviders(d, { timeoutMs: 2_000 })).toEqual([b.peerId]);
+    } finally {
+      network.sendRequest = sendRequest;
+    }
+    expect(a.lookups()).toEqual({ walkless: before.walkless + 1, walked: before.walked });
+    // B's announcement reached A's own store: nobody was asked.
+    expect(sent).toEqual([]);
   });
 
   it('announces a digest provided several times once, and again after an unprovide', async () => {

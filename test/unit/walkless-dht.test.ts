@@ -4,14 +4,17 @@ import type { PeerId } from '@libp2p/interface';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { describe, expect, it } from 'vitest';
 import { cidForDigest } from '../../src/p2p/cid.js';
-import { closestWithoutWalk, dhtInternals, type DhtInternals } from '../../src/p2p/direct-announce.js';
+import { closestWithoutWalk, dhtInternals, providersWithoutWalk, type DhtInternals } from '../../src/p2p/walkless-dht.js';
 
 async function peers(n: number): Promise<PeerId[]> {
   return Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519'))));
 }
 
-/** A routing table holding `held`, ordering by kad distance as kad-dht does. */
-function fakeDht(held: PeerId[]): DhtInternals {
+/**
+ * A routing table holding `held`, ordering by kad distance as kad-dht does; a provider store
+ * holding `local`; peers answering GET_PROVIDERS from `remote` (and recorded in `asked`).
+ */
+function fakeDht(held: PeerId[], local: PeerId[] = [], remote = new Map<string, PeerId[]>(), asked: string[] = []): DhtInternals {
   const kad = (p: PeerId) => createHash('sha256').update(p.toMultihash().bytes).digest();
   return {
     routingTable: {
@@ -22,8 +25,14 @@ function fakeDht(held: PeerId[]): DhtInternals {
         return [...held].sort((x, y) => Buffer.compare(dist(x), dist(y))).slice(0, options?.count ?? 20);
       },
     },
-    providers: { addProvider: async () => {} },
-    network: { sendMessage: async function* () {} },
+    providers: { addProvider: async () => {}, getProviders: async () => local },
+    network: {
+      sendMessage: async function* () {},
+      sendRequest: async function* (to) {
+        asked.push(to.toString());
+        yield { name: 'PEER_RESPONSE', providers: (remote.get(to.toString()) ?? []).map((id) => ({ id })) };
+      },
+    },
   };
 }
 
@@ -54,5 +63,36 @@ describe('closestWithoutWalk', () => {
     expect(dhtInternals(fakeDht([]))).toBeDefined();
     expect(dhtInternals({ routingTable: {} })).toBeUndefined();
     expect(dhtInternals(undefined)).toBeUndefined();
+  });
+});
+
+describe('providersWithoutWalk', () => {
+  const cid = cidForDigest(`sha256:${'cd'.repeat(32)}`);
+  const signal = new AbortController().signal;
+
+  it('answers from its own store, asking nobody, when every member holds every record', async () => {
+    const all = await peers(5);
+    const asked: string[] = [];
+    const found = await providersWithoutWalk(fakeDht(all, [all[0]!], new Map(), asked), cid, all.map(String), { k: 20, ask: 2, signal });
+    expect(found!.map(String)).toEqual([all[0]!.toString()]);
+    expect(asked).toEqual([]);
+  });
+
+  it('asks only the `ask` closest peers when its own store knows none (it joined late)', async () => {
+    const all = await peers(6);
+    const provider = all[5]!;
+    const remote = new Map(all.map((p) => [p.toString(), [provider]]));
+    const asked: string[] = [];
+    const dht = fakeDht(all, [], remote, asked);
+    const found = await providersWithoutWalk(dht, cid, all.map(String), { k: 20, ask: 2, signal });
+    expect(found!.map(String)).toEqual([provider.toString()]);
+    const closest = await closestWithoutWalk(dht, cid, all.map(String), 2);
+    expect(asked.sort()).toEqual(closest!.map(String).sort());
+  });
+
+  it('walks (undefined) in a fleet larger than K, or with a member missing from the routing table', async () => {
+    const all = await peers(5);
+    expect(await providersWithoutWalk(fakeDht(all, all), cid, all.map(String), { k: 5, ask: 2, signal })).toBeUndefined();
+    expect(await providersWithoutWalk(fakeDht(all.slice(1), all), cid, all.map(String), { k: 20, ask: 2, signal })).toBeUndefined();
   });
 });

@@ -15,11 +15,19 @@ export interface DhtInternals {
     find(peer: PeerId): Promise<PeerId | undefined>;
     closestPeers(kadId: Uint8Array, options?: { count?: number }): PeerId[];
   };
-  providers: { addProvider(cid: CID, provider: PeerId): Promise<void> };
+  providers: {
+    addProvider(cid: CID, provider: PeerId): Promise<void>;
+    getProviders(cid: CID): Promise<PeerId[]>;
+  };
   network: {
-    sendMessage(to: PeerId, msg: object, options: { signal?: AbortSignal; path: { index: number; queued: number; running: number; total: number } }): AsyncGenerator<{ name: string }>;
+    sendMessage(to: PeerId, msg: object, options: SendOptions): AsyncGenerator<{ name: string }>;
+    sendRequest(to: PeerId, msg: object, options: SendOptions): AsyncGenerator<{ name: string; providers?: { id: PeerId }[] }>;
   };
 }
+
+type SendOptions = { signal?: AbortSignal; path: { index: number; queued: number; running: number; total: number } };
+
+const path = (index: number) => ({ index, queued: 0, running: 0, total: 0 });
 
 /** The DHT's internals, or undefined when this kad-dht does not have them (then: walk). */
 export function dhtInternals(dht: unknown): DhtInternals | undefined {
@@ -28,7 +36,9 @@ export function dhtInternals(dht: unknown): DhtInternals | undefined {
     typeof d?.routingTable?.find === 'function' &&
     typeof d.routingTable.closestPeers === 'function' &&
     typeof d.providers?.addProvider === 'function' &&
-    typeof d.network?.sendMessage === 'function';
+    typeof d.providers.getProviders === 'function' &&
+    typeof d.network?.sendMessage === 'function' &&
+    typeof d.network.sendRequest === 'function';
   return ok ? (d as DhtInternals) : undefined;
 }
 
@@ -68,7 +78,7 @@ export async function sendProviderRecords(
   const sent = await Promise.all(
     peers.map(async (peer, index) => {
       try {
-        for await (const event of dht.network.sendMessage(peer, msg, { signal, path: { index, queued: 0, running: 0, total: 0 } })) {
+        for await (const event of dht.network.sendMessage(peer, msg, { signal, path: path(index) })) {
           if (event.name === 'PEER_RESPONSE') return 1;
         }
       } catch {
@@ -78,4 +88,41 @@ export async function sendProviderRecords(
     }),
   );
   return sent.reduce<number>((a, b) => a + b, 0);
+}
+
+/**
+ * Providers of `cid` when every member holds every provider record: the routing table holds
+ * all live members and they are at most K (self included), so each is among the K closest to
+ * any key and was sent each announcement. This node's own store answers; only when it knows
+ * none (it joined after the announcements) are the `ask` closest peers asked, one GET_PROVIDERS
+ * each. Undefined when the fleet is larger or not all known: then only a walk finds them.
+ */
+export async function providersWithoutWalk(
+  dht: DhtInternals,
+  cid: CID,
+  members: readonly string[],
+  opts: { k: number; ask: number; signal: AbortSignal },
+): Promise<PeerId[] | undefined> {
+  if (members.length + 1 > opts.k) return undefined;
+  const closest = await closestWithoutWalk(dht, cid, members, opts.ask);
+  if (closest === undefined) return undefined;
+  const local = await dht.providers.getProviders(cid);
+  if (local.length > 0) return local;
+  const msg = { type: 'GET_PROVIDERS', key: cid.multihash.bytes };
+  const answers = await Promise.all(
+    closest.map(async (peer, index) => {
+      const found: PeerId[] = [];
+      try {
+        for await (const event of dht.network.sendRequest(peer, msg, { signal: opts.signal, path: path(index) })) {
+          if (event.name === 'PEER_RESPONSE') found.push(...(event.providers ?? []).map((p) => p.id));
+        }
+      } catch {
+        // The other peers asked may answer.
+      }
+      return found;
+    }),
+  );
+  const seen = new Map<string, PeerId>();
+  for (const id of answers.flat()) seen.set(id.toString(), id);
+  return [...seen.values()];
 }
