@@ -361,7 +361,7 @@ function localBlobs(store: BlobStore, partials: Partials, metrics: Metrics, uplo
         // Pieces of a swarm download, else of an origin download still streaming in (the first
         // wave: checked by the asker against the provisional table, never served to a client).
         const piece = (await partials.read(digest, offset, length)) ?? (await store.writerOf(digest)?.openProvisional(offset, length));
-        if (piece) return limit(piece, Math.min(length ?? piece.size, piece.size - offset));
+        if (piece) return limit(piece);
         // Committed meanwhile (its download's files are gone): the store has it now.
         blob = await store.get(parsed);
         if (!blob) return undefined;
@@ -372,15 +372,15 @@ function localBlobs(store: BlobStore, partials: Partials, metrics: Metrics, uplo
       if (end < offset) return { size: blob.size, body: Readable.from([]) };
       const body = await store.createReadStream(parsed, { start: offset, end });
       if (!body) return undefined;
-      return limit({ size: blob.size, body }, end - offset + 1);
+      return limit({ size: blob.size, body });
     },
+    sent: (_digest, bytes) => metrics.peerUploads.inc(bytes),
   };
 
-  /** Counts what peers take, and holds uploads to p2p.maxUploadRate. */
-  function limit(opened: { size: number; body: Readable } | undefined, bytes: number) {
+  /** Holds uploads to p2p.maxUploadRate. */
+  function limit(opened: { size: number; body: Readable } | undefined) {
     if (!opened) return undefined;
     const { body } = opened;
-    body.once('end', () => metrics.peerUploads.inc(bytes));
     if (!uploadLimit) return opened;
     const limited = throttle(uploadLimit);
     body.on('error', (err) => limited.destroy(err));

@@ -46,6 +46,11 @@ export interface LocalBlobs {
    * or the end). Undefined when the blob is not held (or not verified).
    */
   open(digest: string, offset: number, length?: number): Promise<{ size: number; body: Readable } | undefined>;
+  /**
+   * Bytes of a blob that left for a peer. Counted by the sender, not from the body: a body
+   * read up to the range's end is destroyed before it emits 'end'.
+   */
+  sent?(digest: string, bytes: number): void;
 }
 
 export interface OpenedBlob {
@@ -199,16 +204,21 @@ export class BlobServer {
       // cuts into 64 KiB messages, so 64 KiB file chunks sent one by one would cost two
       // encryptions and two socket writes each (a full message and a 12-byte remainder).
       let batch = new Uint8ArrayList();
-      for await (const chunk of body as AsyncIterable<Uint8Array | string>) {
-        if (typeof chunk === 'string') throw new Error('blob body yielded a string');
-        const part = chunk.byteLength > length - sent ? chunk.subarray(0, length - sent) : chunk;
-        if (part.byteLength > 0) batch.append(part);
-        sent += part.byteLength;
-        if (batch.byteLength >= SEND_BATCH || sent >= length) {
-          await sendAll(stream, batch);
-          batch = new Uint8ArrayList();
+      try {
+        for await (const chunk of body as AsyncIterable<Uint8Array | string>) {
+          if (typeof chunk === 'string') throw new Error('blob body yielded a string');
+          const part = chunk.byteLength > length - sent ? chunk.subarray(0, length - sent) : chunk;
+          if (part.byteLength > 0) batch.append(part);
+          sent += part.byteLength;
+          if (batch.byteLength >= SEND_BATCH || sent >= length) {
+            await sendAll(stream, batch);
+            batch = new Uint8ArrayList();
+          }
+          if (sent >= length) break;
         }
-        if (sent >= length) break;
+      } finally {
+        // What was handed to the stream, batched bytes not yet sent excluded.
+        this.opts.blobs.sent?.(req.digest, sent - batch.byteLength);
       }
       if (sent < length) throw new Error(`blob body ended after ${sent} of ${length} bytes`);
       await stream.close();

@@ -475,10 +475,10 @@ class HolderSession {
       let head: Uint8Array | undefined = encodeBegin(upload.id, length, size);
       this.opts.trades?.traded(this.peer);
       let sent = 0;
+      // Chunks are gathered without copying into DATA frames of DATA_FRAME_BYTES: one send,
+      // one Yamux frame each, with backpressure from the stream.
+      let batch = new Uint8ArrayList();
       try {
-        // Chunks are gathered without copying into DATA frames of DATA_FRAME_BYTES: one send,
-        // one Yamux frame each, with backpressure from the stream.
-        let batch = new Uint8ArrayList();
         for await (const chunk of (length === 0 ? [] : body) as AsyncIterable<Uint8Array>) {
           if (upload.controller.signal.aborted) break;
           let part = chunk;
@@ -498,6 +498,7 @@ class HolderSession {
         }
       } finally {
         body.destroy();
+        this.opts.blobs.sent?.(this.digest, sent - batch.byteLength);
       }
       if (upload.controller.signal.aborted) {
         await this.send(encodeId(Frame.DONE, upload.id, Done.CANCELLED));

@@ -177,6 +177,14 @@ describe('agents sharing blobs over libp2p', () => {
     let fromPeers = 0;
     for (const x of [b!, c!]) fromPeers += await metric(x, 'shoal_blob_bytes_total', { source: 'peer' });
     expect(fromPeers).toBeGreaterThanOrEqual(image.blobBytes);
+    // What the agents sent each other is counted where it left: at least what they received.
+    let uploaded = 0;
+    let received = 0;
+    for (const x of [a!, b!, c!]) {
+      uploaded += await metric(x, 'shoal_peer_upload_bytes_total');
+      received += await metric(x, 'shoal_blob_bytes_total', { source: 'peer' });
+    }
+    expect(uploaded).toBeGreaterThanOrEqual(received);
     expect(await metric(b!, 'shoal_peers')).toBeGreaterThanOrEqual(1);
     // Every agent kept each layer's piece table as the layer came in (from the origin or
     // assembled from pieces), so a peer asking for it costs no second read of the blob.
