@@ -97,6 +97,8 @@ async function zoneMembers(url: string): Promise<number> {
 interface View {
   streams: Record<string, number>;
   traded: Record<string, number>;
+  /** Why the agent went to the origin for blobs it was not elected for, by reason. */
+  fallbacks: Record<string, number>;
 }
 
 /** Bytes an agent moved, from its metrics: received from peers and the origin, sent to peers. */
@@ -126,6 +128,7 @@ interface Rollout {
   /** Per agent: streams answered by protocol, and peers it traded pieces with. */
   streams: Record<string, number>[];
   traded: number[];
+  fallbacks: Record<string, number>;
 }
 
 /** One rollout of `ref` through the fleet, measured. */
@@ -149,7 +152,12 @@ async function rollout(fleet: { host: string; url: string; process: AgentProcess
   const streams = views.map((v, i) => Object.fromEntries(Object.entries(v.streams).map(([p, c]) => [p, c - (viewsBefore[i]!.streams[p] ?? 0)])));
   // Peers an agent traded ranges with in this rollout (asked of them or served to them).
   const traded = views.map((v, i) => Object.entries(v.traded).filter(([peer, count]) => count > (viewsBefore[i]!.traded[peer] ?? 0)).length);
-  return { seconds, egress, cpu, moved, streams, traded };
+  // Fleet-wide origin fetches by agents not elected for the blob, by reason (what egress > 1 is).
+  const fallbacks: Record<string, number> = {};
+  views.forEach((v, i) => {
+    for (const [reason, n] of Object.entries(v.fallbacks)) fallbacks[reason] = (fallbacks[reason] ?? 0) + n - (viewsBefore[i]!.fallbacks[reason] ?? 0);
+  });
+  return { seconds, egress, cpu, moved, streams, traded, fallbacks };
 }
 
 /** The floor for what one agent moved, in CPU-s. */
@@ -179,7 +187,7 @@ function describe(name: string, r: Rollout, row: Row): string {
   const total = r.streams.map((s) => protocols.reduce((sum, p) => sum + (s[p] ?? 0), 0));
   const perPeer = total.map((t, i) => t / Math.max(1, r.traded[i]!));
   return (
-    `  ${name}: ${r.seconds.toFixed(1)} s (÷ naive ${(r.seconds / row.naive).toFixed(2)}), origin egress ÷ image ${r.egress.toFixed(2)}; ` +
+    `  ${name}: ${r.seconds.toFixed(1)} s (÷ naive ${(r.seconds / row.naive).toFixed(2)}), origin egress ÷ image ${r.egress.toFixed(2)}${Object.values(r.fallbacks).some((n) => n > 0) ? ` (origin fallbacks: ${Object.entries(r.fallbacks).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}; ` +
     `CPU per agent per 100 MiB of image: median ${median(cpu).toFixed(2)} s [${fmt(cpu, 2)}], floor for the same bytes median ${median(floor).toFixed(2)} s, ` +
     `CPU ÷ floor median ${median(ratio).toFixed(1)} [${fmt(ratio)}]\n` +
     `    streams answered per agent, median (max): ${protocols.map((p) => `${p} ${median(r.streams.map((s) => s[p] ?? 0))} (${Math.max(...r.streams.map((s) => s[p] ?? 0))})`).join(', ')}; ` +
