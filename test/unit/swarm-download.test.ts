@@ -435,6 +435,23 @@ describe('swarmDownload', () => {
     expect(await fileDigest()).toBe(digest);
   });
 
+  it('resumes from a provisional table (the first wave\'s prefix of hashes), growing it from the providers', async () => {
+    const done = Array.from({ length: COUNT }, (_, i) => i < 3);
+    for (let i = 0; i < 3; i++) {
+      const { start, end } = pieceRange(table, i);
+      await file.write(blob, start, end - start, start);
+    }
+    const provisional: PieceTable = { ...table, hashes: table.hashes.slice(0, 5) };
+    const swarm = new FakeSwarm({ a: { have: all() }, b: { have: all() } });
+    const { promise, events } = run(swarm, { table: provisional, have: done });
+    const result = await promise;
+    expect(result.complete).toBe(true);
+    expect(result.table!.hashes).toEqual(table.hashes);
+    expect(events.bad).toEqual([]);
+    expect(swarm.requests.every((r) => r.index >= 3)).toBe(true);
+    expect(await fileDigest()).toBe(digest);
+  });
+
   it('returns at once when the given have is already complete', async () => {
     const swarm = new FakeSwarm({ a: { have: all() } });
     const result = await run(swarm, { table, have: new Array(COUNT).fill(true) }).promise;
