@@ -19,7 +19,7 @@ import { Membership, realClock, type Liveness, type MembershipOptions } from './
 import { MemberWire, membersProtocolId } from './membership/member-wire.js';
 import type { Member } from './membership/member-table.js';
 import { cidForDigest } from './cid.js';
-import { closestWithoutWalk, dhtInternals, providersWithoutWalk, sendProviderRecords } from './walkless-dht.js';
+import { closestWithoutWalk, dhtInternals, providersWithoutWalk, sendProviderRecords, type DhtInternals } from './walkless-dht.js';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { StreamCounts } from './stream-counts.js';
 import { TradeCounts } from './trade-counts.js';
@@ -492,9 +492,8 @@ export class P2PNode implements BenchDialer {
       // now would ask nobody, so wait for the first one (bounded by the timeout). With no
       // connection at all there is nobody to wait for.
       if (this.dhtPeerCount() === 0 && this.libp2p.getConnections().length > 0) await this.waitForDhtPeer(signal);
-      const internals = dhtInternals(this.libp2p.services.dht);
-      const members = this.membership.members().map((m) => m.id);
-      const known = internals === undefined ? undefined : await providersWithoutWalk(internals, cid, members, { k: DHT_K, ask: LOOKUP_ASK, signal });
+      const { internals, members } = this.walkless();
+      const known = internals === undefined ? undefined : await providersWithoutWalk(internals, cid, members, { k: DHT_K, ask: LOOKUP_ASK, signal, self: this.libp2p.peerId });
       if (known !== undefined) {
         opts.signal?.throwIfAborted();
         this.walklessLookups++;
@@ -766,6 +765,11 @@ export class P2PNode implements BenchDialer {
     return { walkless: this.walklessLookups, walked: this.walkedLookups };
   }
 
+  /** What a walk-less announcement or lookup works from: the DHT's internals and the live members. */
+  private walkless(): { internals: DhtInternals | undefined; members: string[] } {
+    return { internals: dhtInternals(this.libp2p.services.dht), members: this.membership.members().map((m) => m.id) };
+  }
+
   private dhtPeerCount(): number {
     const dht = this.libp2p.services.dht as KadDHT & { routingTable?: { size: number } };
     return dht.routingTable?.size ?? 0;
@@ -795,8 +799,7 @@ export class P2PNode implements BenchDialer {
     let reached = 0;
     try {
       const signal = AbortSignal.timeout(this.provideTimeoutMs);
-      const internals = dhtInternals(this.libp2p.services.dht);
-      const members = this.membership.members().map((m) => m.id);
+      const { internals, members } = this.walkless();
       const closest = internals === undefined ? undefined : await closestWithoutWalk(internals, cid, members, DHT_K);
       if (internals !== undefined && closest !== undefined) {
         this.directAnnouncements++;

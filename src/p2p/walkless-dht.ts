@@ -5,9 +5,9 @@ import type { Multiaddr } from '@multiformats/multiaddr';
 import type { CID } from 'multiformats/cid';
 
 /**
- * The parts of a running kad-dht (16.x) a walk-less announcement needs. They are not its public
- * API: `dhtInternals` checks their shape at start, and the p2p-node test that counts FIND_NODE
- * requests fails if an upgrade changes them.
+ * The parts of a running kad-dht (16.x) a walk-less announcement or lookup needs. They are not
+ * its public API: `dhtInternals` checks their shape before each use (missing: walk), and the
+ * p2p-node tests that count DHT messages fail if an upgrade changes them.
  */
 export interface DhtInternals {
   routingTable: {
@@ -101,12 +101,13 @@ export async function providersWithoutWalk(
   dht: DhtInternals,
   cid: CID,
   members: readonly string[],
-  opts: { k: number; ask: number; signal: AbortSignal },
+  opts: { k: number; ask: number; signal: AbortSignal; self: PeerId },
 ): Promise<PeerId[] | undefined> {
   if (members.length + 1 > opts.k) return undefined;
   const closest = await closestWithoutWalk(dht, cid, members, opts.ask);
   if (closest === undefined) return undefined;
-  const local = await dht.providers.getProviders(cid);
+  // This node's own record (it provides the blob, or did until a failed download) is no answer.
+  const local = (await dht.providers.getProviders(cid)).filter((p) => !p.equals(opts.self));
   if (local.length > 0) return local;
   const msg = { type: 'GET_PROVIDERS', key: cid.multihash.bytes };
   const answers = await Promise.all(

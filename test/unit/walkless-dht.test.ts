@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { PeerId } from '@libp2p/interface';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { cidForDigest } from '../../src/p2p/cid.js';
 import { closestWithoutWalk, dhtInternals, providersWithoutWalk, type DhtInternals } from '../../src/p2p/walkless-dht.js';
 
@@ -69,13 +69,26 @@ describe('closestWithoutWalk', () => {
 describe('providersWithoutWalk', () => {
   const cid = cidForDigest(`sha256:${'cd'.repeat(32)}`);
   const signal = new AbortController().signal;
+  let self: PeerId;
+  beforeAll(async () => {
+    self = (await peers(1))[0]!;
+  });
 
   it('answers from its own store, asking nobody, when every member holds every record', async () => {
     const all = await peers(5);
     const asked: string[] = [];
-    const found = await providersWithoutWalk(fakeDht(all, [all[0]!], new Map(), asked), cid, all.map(String), { k: 20, ask: 2, signal });
+    const found = await providersWithoutWalk(fakeDht(all, [all[0]!], new Map(), asked), cid, all.map(String), { k: 20, ask: 2, signal, self });
     expect(found!.map(String)).toEqual([all[0]!.toString()]);
     expect(asked).toEqual([]);
+  });
+
+  it('does not take its own record for an answer: it asks the closest peers', async () => {
+    const all = await peers(4);
+    const remote = new Map(all.map((p) => [p.toString(), [all[0]!]]));
+    const asked: string[] = [];
+    const found = await providersWithoutWalk(fakeDht(all, [self], remote, asked), cid, all.map(String), { k: 20, ask: 2, signal, self });
+    expect(found!.map(String)).toEqual([all[0]!.toString()]);
+    expect(asked).toHaveLength(2);
   });
 
   it('asks only the `ask` closest peers when its own store knows none (it joined late)', async () => {
@@ -84,7 +97,7 @@ describe('providersWithoutWalk', () => {
     const remote = new Map(all.map((p) => [p.toString(), [provider]]));
     const asked: string[] = [];
     const dht = fakeDht(all, [], remote, asked);
-    const found = await providersWithoutWalk(dht, cid, all.map(String), { k: 20, ask: 2, signal });
+    const found = await providersWithoutWalk(dht, cid, all.map(String), { k: 20, ask: 2, signal, self });
     expect(found!.map(String)).toEqual([provider.toString()]);
     const closest = await closestWithoutWalk(dht, cid, all.map(String), 2);
     expect(asked.sort()).toEqual(closest!.map(String).sort());
@@ -92,7 +105,7 @@ describe('providersWithoutWalk', () => {
 
   it('walks (undefined) in a fleet larger than K, or with a member missing from the routing table', async () => {
     const all = await peers(5);
-    expect(await providersWithoutWalk(fakeDht(all, all), cid, all.map(String), { k: 5, ask: 2, signal })).toBeUndefined();
-    expect(await providersWithoutWalk(fakeDht(all.slice(1), all), cid, all.map(String), { k: 20, ask: 2, signal })).toBeUndefined();
+    expect(await providersWithoutWalk(fakeDht(all, all), cid, all.map(String), { k: 5, ask: 2, signal, self })).toBeUndefined();
+    expect(await providersWithoutWalk(fakeDht(all.slice(1), all), cid, all.map(String), { k: 20, ask: 2, signal, self })).toBeUndefined();
   });
 });
